@@ -1,0 +1,1 @@
+"""Lightning callbacks of impress-lightning (installed as the top-level ``callbacks`` package)."""

@@ -1,0 +1,103 @@
+"""SupermaskNet: runs any backbone made of supermask layers under an explicit selection."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from impress_lightning.nn.batchnorm import TaskBatchNorm
+from impress_lightning.nn.layers import SupermaskLayer
+from impress_lightning.nn.selection import Combine, Impression, Selection
+
+
+class SupermaskNet(nn.Module):
+    """Wraps a backbone whose Linear/Conv2d are :class:`SupermaskLayer` and whose BNs are
+    :class:`TaskBatchNorm`, and runs it with the weights a selection names.
+
+    Args:
+        body: the backbone (build one in :mod:`impress_lightning.backbones` or with :func:`to_supermask`).
+        cache_size: how many finished tasks' effective weights to keep materialised for evaluation.
+    """
+
+    def __init__(self, body: nn.Module, cache_size: int = 2) -> None:
+        super().__init__()
+        self.body = body
+        self.cache_size = cache_size
+        self.layer_names = [n for n, m in body.named_modules() if isinstance(m, SupermaskLayer)]
+        self.bn_names = [n for n, m in body.named_modules() if isinstance(m, TaskBatchNorm)]
+        if not self.layer_names:
+            raise ValueError("the backbone has no SupermaskLayer; convert it with to_supermask() first")
+        self._cache: OrderedDict[object, tuple[tuple, list[Tensor]]] = OrderedDict()
+
+    @property
+    def layers(self) -> list[SupermaskLayer]:
+        """The masked layers, in registration order (the order of per-layer α rows)."""
+        modules = dict(self.body.named_modules())
+        return [modules[n] for n in self.layer_names]
+
+    @property
+    def batchnorms(self) -> list[TaskBatchNorm]:
+        modules = dict(self.body.named_modules())
+        return [modules[n] for n in self.bn_names]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_names)
+
+    def effective_weights(self, selection: Selection) -> list[Tensor]:
+        """One effective weight per masked layer (differentiable w.r.t. scores or α)."""
+        return [layer.effective_weight(selection, i) for i, layer in enumerate(self.layers)]
+
+    def _cache_token(self, selection: Selection) -> tuple:
+        banks = tuple(layer.bank.version_token() for layer in self.layers)
+        if isinstance(selection, Combine):
+            return ("combine", tuple(selection.alpha.detach().flatten().tolist()), banks)
+        if isinstance(selection, Impression):
+            return ("impression", selection.slot, banks)
+        raise ValueError(f"only finished tasks (Impression, Combine) can be cached, got {selection!r}")
+
+    def cached_weights(self, key: object, selection: Selection) -> list[Tensor]:
+        """Effective weights for ``selection``, materialised once and reused while nothing they depend on
+        (α values, bank contents, device) has changed. ``key`` names the entry (e.g. the task id)."""
+        token = self._cache_token(selection)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == token:
+            self._cache.move_to_end(key)
+            return hit[1]
+        with torch.no_grad():
+            weights = self.effective_weights(selection)
+        self._cache[key] = (token, weights)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return weights
+
+    def clear_cache(self) -> None:
+        """Drop every materialised weight."""
+        self._cache.clear()
+
+    def forward(self, x: Tensor, selection: Selection, bn_task: int | str | None = None,
+                cache_key: object | None = None) -> Tensor:
+        """Run the backbone on ``x`` with the weights of ``selection``.
+
+        Args:
+            x: input batch.
+            selection: which mask / combination supplies the weights.
+            bn_task: whose BN statistics to use (and update in training mode); required with BN layers.
+                ``"batch"`` normalises with the batch's own statistics and updates nothing (task inference).
+            cache_key: if given and no gradient is being recorded, reuse materialised weights under this key.
+        """
+        if cache_key is not None and not torch.is_grad_enabled():
+            weights = self.cached_weights(cache_key, selection)
+        else:
+            weights = self.effective_weights(selection)
+        tensors = {f"{n}.weight": w for n, w in zip(self.layer_names, weights)}
+        if self.bn_names and bn_task != "batch":
+            if not isinstance(bn_task, int):
+                raise ValueError(f"this backbone has per-task BatchNorm: pass bn_task=<task id> or 'batch', "
+                                 f"got {bn_task!r}")
+            for name, bn in zip(self.bn_names, self.batchnorms):
+                tensors.update({f"{name}.{k}": v for k, v in bn.stats_for(bn_task).items()})
+        return functional_call(self.body, tensors, (x,), tie_weights=False)

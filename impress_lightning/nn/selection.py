@@ -1,0 +1,48 @@
+"""What a forward pass uses as weights: a *selection* names the mask or the combination, per network.
+
+Selections are explicit values passed to :meth:`SupermaskNet.forward`; no layer holds a "current task".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from impress_lightning.nn.masks import MaskRule
+
+
+@dataclass(frozen=True)
+class LearnMask:
+    """Train the layers' score tensors; weights are ``W ⊙ rule(scores)`` (straight-through)."""
+
+    rule: MaskRule
+
+
+@dataclass(frozen=True)
+class Impression:
+    """Use the frozen mask in bank slot ``slot`` of every layer: ``W ⊙ M_slot``."""
+
+    slot: int
+
+
+@dataclass(frozen=True, eq=False)
+class Combine:
+    """Combine the first ``n`` bank masks: ``W_l ⊙ Σ_k α[l, k] M_{k,l}``.
+
+    ``alpha`` is ``[L, n]`` (one row per masked layer) or ``[n]`` (one global vector for all layers).
+    """
+
+    alpha: Tensor
+
+    def for_layer(self, layer_index: int) -> Tensor:
+        """Coefficients of layer ``layer_index``."""
+        return self.alpha[layer_index] if self.alpha.dim() == 2 else self.alpha
+
+
+@dataclass(frozen=True)
+class Dense:
+    """The raw signed-constant weights, unmasked (a reference point, not a method)."""
+
+
+Selection = LearnMask | Impression | Combine | Dense
