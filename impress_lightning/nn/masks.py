@@ -16,13 +16,13 @@ from torch import Tensor
 
 class _TopKStraightThrough(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scores: Tensor, k: int) -> Tensor:
-        flat = scores.detach().abs().flatten()
+    def forward(ctx, magnitudes: Tensor, k: int) -> Tensor:
+        flat = magnitudes.detach().flatten()
         mask = torch.zeros_like(flat)
         if k > 0:
             # sorted=False: we only need the set, and sorting is the slow part of topk.
             mask[flat.topk(k, sorted=False).indices] = 1.0
-        return mask.view_as(scores)
+        return mask.view_as(magnitudes)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -45,10 +45,15 @@ def kept_count(numel: int, density: float) -> int:
 
 
 def topk_mask(scores: Tensor, density: float) -> Tensor:
-    """Binary mask keeping exactly ``round(density * numel)`` entries of largest |score| (straight-through)."""
+    """Binary mask keeping exactly ``round(density * numel)`` entries of largest |score| (straight-through).
+
+    The ranking is on ``|scores|`` inside the graph (as in edge-popup / SupSup), so the gradient reaching a
+    score is ``sign(score) ·`` the gradient of its mask entry: raising a kept weight's importance always
+    grows its magnitude.
+    """
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    return _TopKStraightThrough.apply(scores, kept_count(scores.numel(), density))
+    return _TopKStraightThrough.apply(scores.abs(), kept_count(scores.numel(), density))
 
 
 def threshold_mask(scores: Tensor, threshold: float = 0.0) -> Tensor:

@@ -1,0 +1,29 @@
+"""FreezeImpressions: at the end of an impression stage, freeze its mask into the bit-packed bank."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class FreezeImpressions(L.Callback):
+    """Freezes the supermask of each impression stage (a basis task) into every layer's impression bank.
+
+    It runs at the end of the stage's last epoch, before checkpointing and before ``RetentionEvaluator``
+    (list it first), so a checkpoint taken at a task boundary already holds the frozen mask.
+
+    Args:
+        verbose: print a line per frozen impression.
+    """
+
+    def __init__(self, verbose: bool = True) -> None:
+        self.verbose = verbose
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stage = pl_module.current_stage
+        if stage.kind != "impression" or trainer.current_epoch != stage.last_epoch:
+            return
+        pl_module.freeze_impression(stage)
+        if self.verbose:
+            stored = sum(layer.bank.stored_bytes() for layer in pl_module.net.layers) // (stage.slot + 1)
+            rank_zero_info(f"[impress] froze impression {stage.slot} (task {stage.task}): {stored} bytes bit-packed")

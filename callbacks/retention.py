@@ -1,0 +1,132 @@
+"""RetentionEvaluator: after each task, evaluate every seen task with its own task id."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Subset
+
+from impress_lightning.metrics import summarise
+
+
+def run_directory(trainer: L.Trainer, output_dir: str | None) -> Path:
+    """Where run outputs go: ``output_dir`` or the trainer's log directory."""
+    return Path(output_dir or trainer.log_dir or trainer.default_root_dir)
+
+
+def rank_shard(loader: DataLoader, trainer: L.Trainer) -> DataLoader:
+    """This rank's strided share of ``loader``'s examples (no padding, so summed counts are exact)."""
+    if trainer.world_size == 1:
+        return loader
+    subset = Subset(loader.dataset, range(trainer.global_rank, len(loader.dataset), trainer.world_size))
+    return DataLoader(subset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers)
+
+
+def transfer(batch: Any, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
+    """Move a batch to the module's device through the datamodule's transfer hooks (normalisation etc.)."""
+    dm = trainer.datamodule
+    if dm is not None:
+        batch = dm.on_before_batch_transfer(batch, 0)
+    batch = trainer.strategy.batch_to_device(batch)
+    return dm.on_after_batch_transfer(batch, 0) if dm is not None else batch
+
+
+@torch.no_grad()
+def evaluate_task(trainer: L.Trainer, pl_module: L.LightningModule, task: int, split: str) -> float:
+    """Accuracy of finished ``task`` on its ``split`` loader, summed exactly over all ranks."""
+    counts = torch.zeros(2, device=pl_module.device, dtype=torch.float64)
+    for batch in rank_shard(trainer.datamodule.eval_dataloader(task, split), trainer):
+        x, y = transfer(batch, trainer, pl_module)
+        counts[0] += (pl_module.predict_task(x, task) == y).sum()
+        counts[1] += y.numel()
+    counts = trainer.strategy.reduce(counts, reduce_op="sum")
+    return float(counts[0] / counts[1])
+
+
+class RetentionEvaluator(L.Callback):
+    """Fills the accuracy matrix R (R[i][j] = accuracy on task j after training task i) after each task and
+    writes ``retention.json`` and ``retention.png`` (and ``alpha.png``) into the run directory.
+
+    Runs on the module's device (the GPU when there is one). The matrix is callback state, so it is saved in
+    checkpoints and a resumed run continues it.
+
+    Args:
+        split: "test" or "val" examples of each task.
+        output_dir: where to write the files; default the trainer's log directory.
+        plots: also write the PNG figures.
+    """
+
+    def __init__(self, split: Literal["test", "val"] = "test", output_dir: str | None = None, plots: bool = True) -> None:
+        self.split, self.output_dir, self.plots = split, output_dir, plots
+        self.matrix: list[list[float | None]] = []
+        self.task_seconds: list[float] = []
+        self._task_started: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"matrix": self.matrix, "task_seconds": self.task_seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.matrix = [list(row) for row in state_dict["matrix"]]
+        self.task_seconds = list(state_dict["task_seconds"])
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._task_started is None:
+            self._task_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stage = pl_module.current_stage
+        if trainer.current_epoch != stage.last_epoch or not stage.completes_task or trainer.sanity_checking:
+            return
+        seconds = time.perf_counter() - (self._task_started or time.perf_counter())
+        self._task_started = None
+        was_training = pl_module.training
+        pl_module.eval()
+        row: list[float | None] = [evaluate_task(trainer, pl_module, j, self.split) for j in range(stage.task + 1)]
+        pl_module.train(was_training)
+        row += [None] * (pl_module.num_tasks - len(row))
+        self.matrix = self.matrix[: stage.task] + [row]
+        self.task_seconds = self.task_seconds[: stage.task] + [seconds]
+        summary = self.summary(pl_module)
+        metrics = {"retention/average_accuracy": summary["average_accuracy"], "retention/bwt": summary["bwt"],
+                   "retention/forgetting": summary["forgetting"], "retention/task_accuracy": row[stage.task]}
+        pl_module.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, sync_dist=False)
+        rank_zero_info(f"[impress] task {stage.task} ({pl_module.schedule.kind_of_task(stage.task)}) done: "
+                       f"acc {row[stage.task]:.4f}, avg over seen {summary['average_accuracy']:.4f}, "
+                       f"BWT {summary['bwt']:+.4f}")
+        if trainer.is_global_zero:
+            self.write(trainer, pl_module, summary)
+
+    def summary(self, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The retention.json content for the rows filled so far."""
+        seen = len(self.matrix)
+        stats = summarise([row[:seen] for row in self.matrix])
+        tasks = []
+        for t in range(seen):
+            storage = pl_module.task_storage(t)
+            tasks.append({"task": t, "kind": pl_module.schedule.kind_of_task(t), "seconds": self.task_seconds[t],
+                          **storage})
+        return {"accuracy_matrix": self.matrix, "average_accuracy": stats["average_accuracy"], "bwt": stats["bwt"],
+                "forgetting": stats["forgetting"], "tasks": tasks, "split": self.split,
+                "impression_source": pl_module.schedule.source, "num_impressions": pl_module.schedule.bank_size}
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule, summary: dict[str, Any]) -> None:
+        out = run_directory(trainer, self.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "retention.json").write_text(json.dumps(summary, indent=2))
+        if not self.plots:
+            return
+        from impress_lightning.plots import plot_accuracy_matrix, plot_alpha
+
+        kinds = [pl_module.schedule.kind_of_task(t) for t in range(pl_module.num_tasks)]
+        plot_accuracy_matrix(self.matrix, kinds, out / "retention.png")
+        alphas = {t: pl_module.alphas[t].detach().cpu().numpy() for t in range(len(self.matrix))
+                  if kinds[t] == "combination"}
+        if alphas:
+            plot_alpha(alphas, out / "alpha.png")
