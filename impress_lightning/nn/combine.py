@@ -50,7 +50,7 @@ class _LookupCombine(torch.autograd.Function):
     def forward(ctx, coeffs: Tensor, magnitude: float, planes: list[CodePlane]) -> Tensor:
         out = None
         for plane in planes:
-            sums = plane.bit_matrix @ coeffs[plane.start : plane.stop]
+            sums = plane.bit_matrix.to(coeffs.dtype) @ coeffs[plane.start : plane.stop]
             # index 2c -> +c·sum, index 2c+1 -> -c·sum (the weight sign is bit 0 of the index)
             table = torch.stack([sums, -sums], dim=1).flatten() * magnitude
             value = table.index_select(0, plane.index)
@@ -60,12 +60,12 @@ class _LookupCombine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad = grad.reshape(-1).float()
+        grad = grad.reshape(-1)
         grad_coeffs = grad.new_zeros(ctx.n)
         for plane in ctx.planes:
             per_code = grad.new_zeros(2 * plane.bit_matrix.shape[0]).scatter_add_(0, plane.index, grad)
             signed = (per_code[0::2] - per_code[1::2]) * ctx.magnitude
-            grad_coeffs[plane.start : plane.stop] = plane.bit_matrix.t() @ signed
+            grad_coeffs[plane.start : plane.stop] = plane.bit_matrix.to(signed.dtype).t() @ signed
         return grad_coeffs, None, None
 
 

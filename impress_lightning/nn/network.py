@@ -52,9 +52,13 @@ class SupermaskNet(nn.Module):
         return [layer.effective_weight(selection, i) for i, layer in enumerate(self.layers)]
 
     def _cache_token(self, selection: Selection) -> tuple:
-        banks = tuple(layer.bank.version_token() for layer in self.layers)
+        weight = self.layers[0].weight
+        banks = (weight.dtype, weight.device, *(layer.bank.version_token() for layer in self.layers))
         if isinstance(selection, Combine):
-            return ("combine", tuple(selection.alpha.detach().flatten().tolist()), banks)
+            # data_ptr + in-place version counter: no device sync, and optimiser steps / load_state_dict
+            # (both in-place) change it.
+            alpha = selection.alpha
+            return ("combine", alpha.data_ptr(), alpha._version, banks)
         if isinstance(selection, Impression):
             return ("impression", selection.slot, banks)
         raise ValueError(f"only finished tasks (Impression, Combine) can be cached, got {selection!r}")

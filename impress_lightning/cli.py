@@ -1,0 +1,85 @@
+"""The ``impress-lightning`` command: LightningCLI over ImpressLearnModule and TaskSequenceDataModule.
+
+    impress-lightning fit --config configs/quickstart.yaml
+    impress-lightning fit --config configs/quickstart.yaml --print_config
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from callbacks import FreezeImpressions, RetentionEvaluator
+from impress_lightning.data import TaskSequenceDataModule
+from impress_lightning.module import ImpressLearnModule
+
+
+class ImpressLightningCLI(LightningCLI):
+    """LightningCLI that links what the model needs from the data (never typed twice), always adds the
+    impression-freezing and retention callbacks, and sizes the trainer from the task schedule."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(FreezeImpressions, "freeze_impressions")
+        parser.add_lightning_class_args(RetentionEvaluator, "retention")
+        for field in ("num_tasks", "num_classes", "input_shape"):
+            parser.link_arguments(f"data.{field}", f"model.{field}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        # One fit covers every task: each epoch's task picks its loader.
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        config.trainer.reload_dataloaders_every_n_epochs = 1
+
+    def _size_trainer(self) -> None:
+        self.trainer.fit_loop.max_epochs = self.model.schedule.total_epochs
+
+    def _protect_run_directory(self) -> None:
+        """Refuse to start a fresh run on top of an earlier run's results (resuming is fine)."""
+        config = self.config[self.subcommand]
+        if config.get("ckpt_path"):
+            return
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        earlier = [p.name for p in (run_dir / "checkpoints", run_dir / "retention.json") if p.exists()]
+        if earlier:
+            raise SystemExit(f"error: run directory {run_dir} already holds {', '.join(earlier)}: resume with "
+                             "--ckpt_path last, or start elsewhere with --trainer.logger.init_args.name=<new name>")
+
+    def before_fit(self) -> None:
+        self._protect_run_directory()
+        self._size_trainer()
+
+
+# Subcommands that are not Trainer methods: each module has its own `main(args)` with its own --help.
+TOOL_COMMANDS = {"export": "impress_lightning.tools.export", "predict": "impress_lightning.tools.predict"}
+
+
+def main(args: list[str] | None = None) -> ImpressLightningCLI | None:
+    """Console-script entry point: ``fit | validate | test`` through LightningCLI, ``export | predict`` tools."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in TOOL_COMMANDS:
+        importlib.import_module(TOOL_COMMANDS[argv[0]]).main(argv[1:])
+        return None
+    return ImpressLightningCLI(
+        ImpressLearnModule,
+        TaskSequenceDataModule,
+        subclass_mode_data=True,
+        args=argv,
+        auto_configure_optimizers=False,
+        # The run directory is fixed per config so `--ckpt_path last` finds it; _protect_run_directory
+        # keeps a fresh run from overwriting an earlier one.
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def entry() -> None:
+    """The ``impress-lightning`` console script (exit status 0 on success)."""
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, once per batch transfer: noise only.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    main()
+
+
+if __name__ == "__main__":
+    entry()
