@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
+from callbacks.reporting import report_retention
 from impress_lightning.metrics import summarise
 
 
@@ -120,6 +121,7 @@ class RetentionEvaluator(L.Callback):
         out = run_directory(trainer, self.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "retention.json").write_text(json.dumps(summary, indent=2))
+        report_retention(trainer, pl_module, summary, plots=self.plots)  # tables, figures, scalars to the loggers
         if not self.plots:
             return
         from impress_lightning.plots import plot_accuracy_matrix, plot_alpha

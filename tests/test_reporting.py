@@ -1,0 +1,318 @@
+"""Reporting to loggers: a W&B offline run's records, CSV and TensorBoard metric names, the table helpers.
+
+The end-to-end tests run a 3-task stream (2 impressions, then 1 combination task) through the real CLI with
+``configs/logger/*.yaml`` as the second ``--config``, then read what each logger wrote to disk. W&B 0.31
+writes an offline run as media files under ``files/media/`` plus one transaction log ``run-<id>.wandb``
+(history, summary and config records); :func:`wandb_records` reads that log with wandb's own protobuf
+``Record`` message.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import struct
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import pytest
+import yaml
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+from callbacks import LoggedSaveConfigCallback, report_retention
+from callbacks.reporting import accuracy_table, markdown_table, storage_scalars, storage_table
+from impress_lightning.cli import ImpressLightningCLI
+from impress_lightning.data import TaskSequenceDataModule
+from impress_lightning.module import ImpressLearnModule
+
+LOGGER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "logger"
+# 3 tasks, 1 epoch each: tasks 0-1 learn impressions, task 2 learns α (so an α plot exists).
+BASE_CONFIG = {
+    "seed_everything": 0,
+    "trainer": {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1, "enable_progress_bar": False,
+                "enable_model_summary": False, "enable_checkpointing": False},
+    "model": {"num_impressions": 2, "density": 0.3, "impression_epochs": 1, "combination_epochs": 1},
+    "data": {"class_path": "impress_lightning.data.TaskSequenceDataModule",
+             "init_args": {"dataset": "digits", "family": "rotate", "num_tasks": 3, "train_subset": 128,
+                           "batch_size": 64}},
+    "freeze_impressions": {"verbose": False},
+}
+# Keys every logger gets that are not metrics of the run.
+BOOKKEEPING = {"epoch", "step", "trainer/global_step", "_step", "_runtime", "_timestamp"}
+
+
+def run_stream(tmp_path: Path, logger_config: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Fit the 3-task stream through the CLI with ``configs/logger/<logger_config>``; return retention.json."""
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE_CONFIG))
+    monkeypatch.setattr(sys, "argv", ["impress-lightning"])  # LightningCLI reads args=, not pytest's argv
+    cli = ImpressLightningCLI(
+        ImpressLearnModule, TaskSequenceDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
+        save_config_callback=LoggedSaveConfigCallback, save_config_kwargs={"overwrite": True},
+        args=["fit", "--config", str(base), "--config", str(LOGGER_CONFIGS / logger_config),
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    if isinstance(cli.trainer.logger, WandbLogger):
+        cli.trainer.logger.experiment.finish()  # end the run, as a CLI process does at exit
+    summary = json.loads((Path(cli.trainer.log_dir) / "retention.json").read_text())
+    summary["log_dir"] = cli.trainer.log_dir
+    return summary
+
+
+# ----- reading a W&B offline run -------------------------------------------------------------------------------
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The ``wandb_internal_pb2.Record`` messages of a ``.wandb`` transaction log.
+
+    Layout (as wandb-core 0.31 writes it): a 7-byte header ``:W&B`` + magic + version, then 32 KiB blocks of
+    chunks, each a 7-byte header (CRC32, little-endian length, type: 1 full, 2 first, 3 middle, 4 last)
+    followed by that many bytes of a serialised record; a block tail shorter than a chunk header is padding.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, pending = path.read_bytes(), 32768, 7, b""
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:  # zero padding up to the block end
+            pos += room
+            continue
+        if pos + 7 + length > len(data):  # a chunk still being written
+            return
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+            pending = b""
+
+
+def _items(updates: Any) -> dict[str, Any]:
+    return {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in updates}
+
+
+def finished_records(path: Path, timeout: float = 60.0) -> list[Any]:
+    """The records of ``path`` once its closing ``exit`` record is on disk.
+
+    ``run.finish()`` can return before wandb-core (a separate process) has written the log (measured: the
+    file still held only its 7-byte header right after ``finish()``, and the full log a second later).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(wandb_records(path)) if path.stat().st_size > 7 else []
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record {timeout:.0f} s after the run finished")
+        time.sleep(0.2)
+
+
+def read_offline_run(save_dir: Path) -> dict[str, Any]:
+    """History rows, final summary and config of the single offline run under ``save_dir/wandb``."""
+    runs = sorted((save_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"expected one offline run under {save_dir / 'wandb'}, found {runs}"
+    history: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    for record in finished_records(next(runs[0].glob("run-*.wandb"))):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append(_items(record.history.item))
+        elif kind == "summary":
+            summary.update(_items(record.summary.update))
+        elif kind == "config":
+            config.update(_items(record.config.update))
+    return {"dir": runs[0], "history": history, "summary": summary, "config": config}
+
+
+def scalar_names(rows: list[dict[str, Any]]) -> set[str]:
+    """Metric names in W&B history rows, without bookkeeping keys and without media (tables, images)."""
+    media = {key.rsplit("/", 1)[0] for row in rows for key in row if key.endswith("/_type")}
+    return {key for row in rows for key in row
+            if key not in BOOKKEEPING and not any(key.startswith(m + "/") for m in media)}
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp_path = tmp_path_factory.mktemp("wandb")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.setenv("WANDB_CONSOLE", "off")
+        for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+            mp.setenv(var, str(tmp_path / "wandb-home"))
+        retention = run_stream(tmp_path, "wandb.yaml", mp)
+    return {"retention": retention, **read_offline_run(tmp_path / "runs")}
+
+
+# ----- W&B -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_wandb_history_and_summary_hold_the_stream_metrics(wandb_run):
+    history, summary, retention = wandb_run["history"], wandb_run["summary"], wandb_run["retention"]
+    assert {row["task"] for row in history if "task" in row} == {0, 1, 2}
+    averages = [row["retention/average_accuracy"] for row in history if "retention/average_accuracy" in row]
+    assert len(averages) == 3
+    assert averages[-1] == pytest.approx(retention["average_accuracy"], abs=1e-6)
+    assert summary["retention/average_accuracy"] == pytest.approx(retention["average_accuracy"], abs=1e-6)
+    assert summary["storage/task_bytes"] == retention["tasks"][-1]["stored_bytes"]
+    assert summary["storage/total_bytes"] == sum(task["stored_bytes"] for task in retention["tasks"])
+    steps = [row["trainer/global_step"] for row in history if "trainer/global_step" in row]
+    assert steps == sorted(steps), "W&B's step axis (trainer/global_step) went backwards"
+    # Each task's table arrives at the step of that task's retention/* scalars.
+    table_steps = [row["trainer/global_step"] for row in history if "retention/accuracy_matrix/_type" in row]
+    metric_steps = [row["trainer/global_step"] for row in history if "retention/average_accuracy" in row]
+    assert table_steps == metric_steps
+
+
+@pytest.mark.slow
+def test_wandb_tables_match_retention_json(wandb_run):
+    run_dir, summary, retention = wandb_run["dir"], wandb_run["summary"], wandb_run["retention"]
+    assert len(list((run_dir / "files/media/table/retention").glob("accuracy_matrix_*.table.json"))) == 3
+    latest = json.loads((run_dir / "files" / summary["retention/accuracy_matrix/path"]).read_text())
+    assert latest["columns"] == ["after_task", "task_0", "task_1", "task_2", "average"]
+    for i, (table_row, row) in enumerate(zip(latest["data"], retention["accuracy_matrix"], strict=True)):
+        assert table_row[0] == i
+        assert table_row[1:4] == pytest.approx(row)
+        assert table_row[4] == pytest.approx(sum(row[: i + 1]) / (i + 1))
+    storage = json.loads((run_dir / "files" / summary["storage/tasks/path"]).read_text())
+    stored = [dict(zip(storage["columns"], values)) for values in storage["data"]]
+    assert [s["kind"] for s in stored] == ["impression", "impression", "combination"]
+    assert [s["stored_bytes"] for s in stored] == [t["stored_bytes"] for t in retention["tasks"]]
+    assert [s["trainable_parameters"] for s in stored] == [t["trainable_parameters"] for t in retention["tasks"]]
+
+
+@pytest.mark.slow
+def test_wandb_images_are_written_as_png(wandb_run):
+    images = wandb_run["dir"] / "files/media/images/retention"
+    matrix_plots = sorted(images.glob("accuracy_matrix_plot_*.png"))
+    alpha_plots = sorted(images.glob("alpha_plot_*.png"))
+    assert len(matrix_plots) == 3  # one per task
+    assert len(alpha_plots) == 1  # only task 2 learned α
+    for png in matrix_plots + alpha_plots:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert wandb_run["summary"]["retention/alpha_plot/width"] > 0
+
+
+@pytest.mark.slow
+def test_wandb_config_is_the_resolved_cli_config(wandb_run):
+    config = wandb_run["config"]
+    assert config["model"]["density"] == 0.3  # from the experiment config
+    assert config["trainer"]["logger"]["init_args"]["project"] == "impress-lightning"  # from configs/logger/wandb.yaml
+    default = inspect.signature(ImpressLearnModule).parameters["alpha_regularization"].default
+    assert config["model"]["alpha_regularization"] == default  # a default no config file names
+    assert config["data"]["init_args"]["train_subset"] == 128
+
+
+# ----- CSV and TensorBoard -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_csv_logger_gets_the_same_metric_names(wandb_run, tmp_path, monkeypatch):
+    retention = run_stream(tmp_path, "csv.yaml", monkeypatch)
+    log_dir = Path(retention["log_dir"])
+    with open(log_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    names = set(rows[0]) - BOOKKEEPING
+    assert names == scalar_names(wandb_run["history"])
+    assert {"task", "retention/average_accuracy", "storage/task_bytes"} <= names
+    steps = [int(row["step"]) for row in rows]
+    assert steps == sorted(steps)
+    assert {float(row["task"]) for row in rows if row["task"]} == {0.0, 1.0, 2.0}
+    last_average = [row["retention/average_accuracy"] for row in rows if row["retention/average_accuracy"]][-1]
+    assert float(last_average) == pytest.approx(retention["average_accuracy"], abs=1e-6)
+    hparams = yaml.load((log_dir / "hparams.yaml").read_text(), Loader=yaml.FullLoader)  # holds tuples
+    assert hparams["model"]["density"] == 0.3  # the resolved CLI config, via LoggedSaveConfigCallback
+
+
+@pytest.mark.slow
+def test_tensorboard_logger_gets_images_text_and_the_same_scalars(wandb_run, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard", reason="TensorBoardLogger needs the tensorboard package")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    retention = run_stream(tmp_path, "tensorboard.yaml", monkeypatch)
+    events = EventAccumulator(retention["log_dir"], size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert set(tags["scalars"]) - BOOKKEEPING == scalar_names(wandb_run["history"])
+    assert {"retention/accuracy_matrix_plot", "retention/alpha_plot"} <= set(tags["images"])
+    assert len(events.Images("retention/accuracy_matrix_plot")) == 3
+    assert {"retention/accuracy_matrix/text_summary", "storage/tasks/text_summary"} <= set(tags["tensors"])
+
+
+# ----- the pieces ----------------------------------------------------------------------------------------------
+def test_accuracy_table_averages_only_the_seen_tasks():
+    columns, rows = accuracy_table([[0.9, None, None], [0.9, 0.5, None]])
+    assert columns == ["after_task", "task_0", "task_1", "task_2", "average"]
+    assert rows[0] == [0, 0.9, None, None, pytest.approx(0.9)]
+    assert rows[1] == [1, 0.9, 0.5, None, pytest.approx(0.7)]
+    with pytest.raises(ValueError, match=r"accuracy_matrix\[1\] has 2 entries"):
+        accuracy_table([[0.9, None, None], [0.9, 0.5]])
+    with pytest.raises(ValueError, match="accuracy_matrix is empty"):
+        accuracy_table([])
+
+
+def test_storage_scalars_describe_the_last_task_and_the_total():
+    tasks = [{"task": 0, "kind": "impression", "stored_bytes": 100, "trainable_parameters": 800},
+             {"task": 1, "kind": "combination", "stored_bytes": 24, "trainable_parameters": 6}]
+    assert storage_scalars(tasks) == {"storage/task_bytes": 24.0, "storage/task_trainable_parameters": 6.0,
+                                      "storage/total_bytes": 124.0}
+    columns, rows = storage_table(tasks)
+    assert rows[1][columns.index("kind")] == "combination" and rows[1][columns.index("seconds")] is None
+    with pytest.raises(ValueError, match="stored_bytes"):
+        storage_scalars([{"task": 0, "trainable_parameters": 1}])
+
+
+def test_markdown_table_formats_floats_and_blanks():
+    text = markdown_table(["a", "b"], [[1, 0.123456], [2, None]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.1235 |", "| 2 |  |"]
+
+
+class RecordingLogger(Logger):
+    """A logger that is neither W&B nor TensorBoard: it should get the scalars only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[dict[str, float], int | None]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.logged.append((dict(metrics), step))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def fake_trainer(logger: Logger, rank_zero: bool = True) -> SimpleNamespace:
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=8))
+    return SimpleNamespace(is_global_zero=rank_zero, loggers=[logger], fit_loop=loop, global_step=11)
+
+
+SUMMARY = {"accuracy_matrix": [[0.8, None]], "tasks": [{"task": 0, "stored_bytes": 10, "trainable_parameters": 80}]}
+
+
+def test_other_loggers_get_the_storage_scalars_at_the_epoch_metrics_step():
+    logger = RecordingLogger()
+    report_retention(fake_trainer(logger), pl_module=None, summary=SUMMARY)
+    assert logger.logged == [({"storage/task_bytes": 10.0, "storage/task_trainable_parameters": 80.0,
+                               "storage/total_bytes": 10.0}, 7)]
+
+
+def test_report_is_silent_off_rank_zero_and_rejects_a_bad_summary():
+    logger = RecordingLogger()
+    report_retention(fake_trainer(logger, rank_zero=False), pl_module=None, summary=SUMMARY)
+    assert logger.logged == []
+    with pytest.raises(ValueError, match="'tasks'"):
+        report_retention(fake_trainer(logger), pl_module=None, summary={"accuracy_matrix": [[0.8]]})
+    assert logger.logged == []  # nothing half-sent before the error
