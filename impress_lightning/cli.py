@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -75,10 +76,20 @@ def main(args: list[str] | None = None) -> ImpressLightningCLI | None:
 
 
 def entry() -> None:
-    """The ``impress-lightning`` console script (exit status 0 on success)."""
+    """The ``impress-lightning`` console script (exit status 0 on success).
+
+    Bad input (a ValueError or a missing file, raised with a message that names the field and the fix)
+    ends with that one line and exit status 2; set IMPRESS_TRACEBACK=1 to see the traceback as well.
+    """
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, once per batch transfer: noise only.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("IMPRESS_TRACEBACK"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""End-to-end through the `impress-lightning` command: help, print_config, a tiny fit, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from impress_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def tiny_fit_args(save_dir: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", QUICKSTART, "--trainer.logger.init_args.save_dir", str(save_dir),
+            "--trainer.enable_progress_bar", "false", "--data.init_args.num_tasks", "3",
+            "--data.init_args.train_subset", "128", "--model.impression_epochs", "2",
+            "--model.combination_epochs", "1", *extra]
+
+
+def test_help_documents_options_from_docstrings(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model.impression_source" in out and "dedicated mask for every task" in out
+    assert "--retention.split" in out and "--freeze_impressions.verbose" in out
+
+
+def test_print_config_resolves_the_quickstart(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", QUICKSTART, "--print_config"])
+    out = capsys.readouterr().out
+    assert "num_impressions: 2" in out and "impress_lightning.data.EmbeddedDigits" in out
+
+
+@pytest.mark.slow
+def test_fit_writes_retention_results_with_zero_forgetting(tmp_path):
+    main(tiny_fit_args(tmp_path))
+    run = tmp_path / "quickstart"
+    result = json.loads((run / "retention.json").read_text())
+    matrix = result["accuracy_matrix"]
+    assert len(matrix) == 3
+    for i, row in enumerate(matrix):  # lower-triangular: task j is unseen (None) until trained
+        assert all(v is not None for v in row[: i + 1]) and all(v is None for v in row[i + 1:])
+    assert result["bwt"] == 0.0 and result["forgetting"] == 0.0
+    assert [t["kind"] for t in result["tasks"]] == ["impression", "impression", "combination"]
+    # a combination task stores its per-layer α: 3 layers x 2 impressions, 4 bytes each
+    assert result["tasks"][2]["trainable_parameters"] == 6 and result["tasks"][2]["stored_bytes"] == 24
+    for name in ("retention.png", "alpha.png", "config.yaml", "metrics.csv"):
+        assert (run / name).stat().st_size > 0, name
+    assert (run / "checkpoints" / "last.ckpt").exists()
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "impress_lightning", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bad_config_values_give_one_line_errors(tmp_path):
+    result = run_cli("fit", "--config", QUICKSTART, "--model.num_impressions", "9", cwd=tmp_path)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: num_impressions=9") and "lower num_impressions" in last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that never started
+
+
+def test_missing_dataset_names_the_path_and_the_fix(tmp_path):
+    result = run_cli("fit", "--config", str(ROOT / "configs" / "rotated_mnist_lenet.yaml"),
+                     "--data.init_args.data_dir", str(tmp_path / "nodata"),
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert str(tmp_path / "nodata" / "MNIST" / "raw") in last and "download=true" in last
