@@ -1,0 +1,127 @@
+"""Wall time of one task-inference step as a function of the number of learned tasks T.
+
+One step = the one-shot pass of SupSup's task inference on a batch: forward through the superposition of
+all T tasks, backward to the T task weights β. Three ways of computing it, measured in one run:
+
+* ``supsup_lookup``: SupSup with one dedicated mask per task (n = T bank slots), superposed through this
+  library's lookup-table combine (masks split into code planes of 12; the realistic cost here);
+* ``supsup_stack``: the same superposition as SupSup's own code does it: T float masks stacked per layer,
+  ``W * tensordot(β, masks)`` (skipped where the stack would exceed ``--naive-max-gb``);
+* ``kspace``: ImpressLearn, T combination tasks over K impressions, superposed in coefficient space
+  (``Σ_t β_t α_t`` then one combine of K masks).
+
+Masks and α are random (timing does not depend on their values). Run::
+
+    python bench/bench_inference.py                      # FC-1024, T in {5, 25, 100, 250}
+    python bench/bench_inference.py --backbone lenet_300_100 --tasks 5 50 --json out.json
+    python bench/bench_inference.py --threads 0          # torch's default thread count (default: 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from impress_lightning.backbones import build_backbone
+from impress_lightning.inference import beta_gradient, entropy_objective, superposed_logits_fn, uniform_beta
+from impress_lightning.nn import SupermaskNet, naive_combine
+
+INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
+
+
+def random_bank_net(backbone: str, num_masks: int, density: float, seed: int) -> SupermaskNet:
+    """A supermask net whose banks hold ``num_masks`` random masks of ``density``."""
+    net = SupermaskNet(build_backbone(backbone, INPUT_SHAPE, NUM_CLASSES, bank_capacity=num_masks, num_tasks=1))
+    gen = torch.Generator().manual_seed(seed)
+    for layer in net.layers:
+        for _ in range(num_masks):
+            layer.bank.add(torch.rand(layer.weight.shape, generator=gen) < density)
+    return net.eval()
+
+
+def stack_logits_fn(net: SupermaskNet, x: Tensor, stacks: list[Tensor]) -> Callable[[Tensor], Tensor]:
+    """SupSup's own superposition: per layer ``W * Σ_t β_t M_t`` over a float stack ``[T, *W.shape]``."""
+    names = [f"{name}.weight" for name in net.layer_names]
+
+    def logits(beta: Tensor) -> Tensor:
+        weights = [naive_combine(layer.weight, stack, beta) for layer, stack in zip(net.layers, stacks)]
+        return functional_call(net.body, dict(zip(names, weights)), (x,))
+
+    return logits
+
+
+def time_step(logits_fn: Callable[[Tensor], Tensor], num_tasks: int, repeats: int, min_seconds: float = 1.0) -> float:
+    """Fastest forward + backward pass to β, in seconds, over at least ``repeats`` runs and ``min_seconds`` of
+    timing (at most 50 runs), after one untimed warm-up that builds caches. The minimum, not the median: on
+    a shared machine it is the run least disturbed by other load."""
+    objective = partial(entropy_objective, num_classes=NUM_CLASSES)
+    beta = uniform_beta(num_tasks, torch.float32, "cpu")
+    beta_gradient(logits_fn, beta, objective)
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 50):
+        start = time.perf_counter()
+        beta_gradient(logits_fn, beta, objective)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="fc1024", choices=["fc1024", "lenet_300_100"])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[5, 25, 100, 250], help="numbers of tasks T")
+    parser.add_argument("--impressions", type=int, default=5, help="K for the K-space superposition")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--density", type=float, default=0.1, help="density of the random masks")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per cell (the fastest is reported)")
+    parser.add_argument("--naive-max-gb", type=float, default=2.0, help="skip float stacks larger than this")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads, 0 = torch's default (1 keeps ratios stable on busy machines)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    x = torch.randn(args.batch, *INPUT_SHAPE)
+    dedicated = random_bank_net(args.backbone, max(args.tasks), args.density, args.seed)
+    impressions = random_bank_net(args.backbone, args.impressions, args.density, args.seed + 1)
+    num_layers, numel = dedicated.num_layers, sum(layer.weight.numel() for layer in dedicated.layers)
+    print(f"{args.backbone}: {numel:,} masked weights in {num_layers} layers, batch {args.batch}, "
+          f"K = {args.impressions}, torch threads {torch.get_num_threads()}")
+    header = f"{'T':>5} {'supsup_lookup ms':>17} {'supsup_stack ms':>16} {'kspace ms':>10} " \
+             f"{'lookup/kspace':>14} {'stack/kspace':>13}"
+    print(header)
+    rows = []
+    for num_tasks in args.tasks:
+        one_hot = torch.eye(num_tasks).unsqueeze(1).expand(num_tasks, num_layers, num_tasks)
+        lookup = time_step(superposed_logits_fn(dedicated, x, one_hot), num_tasks, args.repeats)
+        alphas = torch.randn(num_tasks, num_layers, args.impressions)
+        kspace = time_step(superposed_logits_fn(impressions, x, alphas), num_tasks, args.repeats)
+        stack = None
+        if num_tasks * numel * 4 / 2**30 <= args.naive_max_gb:
+            stacks = [layer.bank.masks(num_tasks).view(num_tasks, *layer.weight.shape).float()
+                      for layer in dedicated.layers]
+            stack = time_step(stack_logits_fn(dedicated, x, stacks), num_tasks, args.repeats)
+            del stacks
+        rows.append({"T": num_tasks, "supsup_lookup_s": lookup, "supsup_stack_s": stack, "kspace_s": kspace})
+        stack_ms = f"{stack * 1e3:16.1f}" if stack is not None else f"{'skipped':>16}"
+        stack_ratio = f"{stack / kspace:13.1f}" if stack is not None else f"{'-':>13}"
+        print(f"{num_tasks:5d} {lookup * 1e3:17.1f} {stack_ms} {kspace * 1e3:10.1f} {lookup / kspace:14.1f} "
+              f"{stack_ratio}", flush=True)
+    flat = max(r["kspace_s"] for r in rows) / min(r["kspace_s"] for r in rows)
+    print(f"K-space max/min over T: {flat:.2f} (flat = 1)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"config": vars(args), "masked_weights": numel, "rows": rows}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

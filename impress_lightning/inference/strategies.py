@@ -1,0 +1,76 @@
+"""Task-inference strategies, written against a logits function so they do not depend on how the
+superposition is computed (K-space ``Combine``, an explicit float stack, a test double in float64).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+LogitsFn = Callable[[Tensor], Tensor]
+ScalarFn = Callable[[Tensor], Tensor]
+OptimizerName = Literal["adam", "sgd"]
+
+
+def beta_gradient(logits_fn: LogitsFn, beta: Tensor, objective: ScalarFn) -> Tensor:
+    """``∂ objective(logits_fn(β)) / ∂β`` at ``beta`` (a fresh leaf; nothing else accumulates gradients)."""
+    beta = beta.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(logits_fn(beta)), beta)
+    return grad
+
+
+def uniform_beta(num_tasks: int, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """β_t = 1/T for every task."""
+    return torch.full((num_tasks,), 1.0 / num_tasks, dtype=dtype, device=device)
+
+
+def one_shot(logits_fn: LogitsFn, beta: Tensor, objective: ScalarFn) -> tuple[int, Tensor]:
+    """SupSup one-shot: one pass at ``beta`` (usually uniform), pick ``argmin_t ∂objective/∂β_t``.
+
+    Returns the chosen index and the gradient (the per-task scores, smaller = likelier).
+    """
+    grad = beta_gradient(logits_fn, beta, objective)
+    return int(grad.argmin()), grad
+
+
+def binary(logits_fn: LogitsFn, num_tasks: int, objective: ScalarFn, dtype: torch.dtype,
+           device: torch.device | str) -> int:
+    """SupSup binary variant: keep the half of the remaining tasks with the smallest gradient (β equal on
+    them, zero elsewhere) and repeat until one remains: ``ceil(log2 T)`` passes."""
+    remaining = torch.arange(num_tasks, device=device)
+    while remaining.numel() > 1:
+        beta = torch.zeros(num_tasks, dtype=dtype, device=device)
+        beta[remaining] = 1.0 / remaining.numel()
+        grad = beta_gradient(logits_fn, beta, objective)[remaining]
+        keep = math.ceil(remaining.numel() / 2)
+        remaining = remaining[grad.topk(keep, largest=False, sorted=False).indices]
+    return int(remaining[0])
+
+
+def norm_penalty(alpha: Tensor) -> Tensor:
+    """``Σ_l (‖α_l‖₁ − 1)²`` (one term for a global α): the α regulariser of METHOD.md §4."""
+    return (alpha.abs().sum(dim=-1) - 1.0).pow(2).sum()
+
+
+def fit_alpha(logits_fn: LogitsFn, init: Tensor, objective: ScalarFn, steps: int, lr: float,
+              optimizer: OptimizerName = "adam", reg: float = 0.0) -> Tensor:
+    """ImpressLearn α-fit: ``steps`` optimiser steps on ``objective(logits_fn(α)) + reg · norm_penalty(α)``
+    starting from ``init``; returns the fitted α (detached)."""
+    alpha = init.detach().clone().requires_grad_(True)
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam([alpha], lr=lr)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD([alpha], lr=lr)
+    else:
+        raise ValueError(f"alpha_fit_optimizer={optimizer!r} is unknown; choose 'adam' or 'sgd'")
+    for _ in range(steps):
+        loss = objective(logits_fn(alpha))
+        if reg:
+            loss = loss + reg * norm_penalty(alpha)
+        # autograd.grad rather than backward(): only α may receive a gradient, never the net's parameters.
+        (alpha.grad,) = torch.autograd.grad(loss, alpha)
+        opt.step()
+    return alpha.detach()
