@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks import FreezeImpressions, RetentionEvaluator
+from callbacks import FreezeImpressions, LoggedSaveConfigCallback, RetentionEvaluator
 from impress_lightning.data import TaskSequenceDataModule
 from impress_lightning.module import ImpressLearnModule
 
@@ -41,12 +41,17 @@ class ImpressLightningCLI(LightningCLI):
         """Refuse to start a fresh run on top of an earlier run's results (resuming is fine)."""
         config = self.config[self.subcommand]
         if config.get("ckpt_path"):
+            logger = self.trainer.logger
+            if type(logger).__name__ == "WandbLogger" and not config.trainer.logger.init_args.get("id"):
+                # A new W&B run id means a new checkpoint folder: "last" would silently start from scratch.
+                raise SystemExit("error: resuming with WandbLogger needs the interrupted run's id: add "
+                                 "--trainer.logger.init_args.id <run id> (see docs/wandb.md)")
             return
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         earlier = [p.name for p in (run_dir / "checkpoints", run_dir / "retention.json") if p.exists()]
         if earlier:
             raise SystemExit(f"error: run directory {run_dir} already holds {', '.join(earlier)}: resume with "
-                             "--ckpt_path last, or start elsewhere with --trainer.logger.init_args.name=<new name>")
+                             "--ckpt_path last, or start elsewhere with --trainer.logger.init_args.save_dir <new dir>")
 
     def before_fit(self) -> None:
         self._protect_run_directory()
@@ -72,6 +77,7 @@ def main(args: list[str] | None = None) -> ImpressLightningCLI | None:
         # The run directory is fixed per config so `--ckpt_path last` finds it; _protect_run_directory
         # keeps a fresh run from overwriting an earlier one.
         save_config_kwargs={"overwrite": True},
+        save_config_callback=LoggedSaveConfigCallback,  # also sends the resolved config to the loggers
     )
 
 
