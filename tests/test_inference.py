@@ -94,6 +94,7 @@ def _accuracy(logits: Tensor, y: Tensor) -> float:
     return (logits.argmax(dim=1) == y).float().mean().item()
 
 
+@pytest.mark.slow  # shares the ~6 s trained-stream fixture
 def test_fixture_tasks_are_learned(stream: Stream) -> None:
     with torch.no_grad():
         for task in range(K):
@@ -103,6 +104,7 @@ def test_fixture_tasks_are_learned(stream: Stream) -> None:
             assert _accuracy(stream.net(foreign[0], Impression(task))[:, :NUM_CLASSES], foreign[1]) < 0.5
 
 
+@pytest.mark.slow  # shares the ~6 s trained-stream fixture
 @pytest.mark.parametrize("strategy", ["oneshot", "binary"])
 @pytest.mark.parametrize("objective,num_examples", [("entropy", None), ("superfluous", None), ("superfluous", 1)])
 def test_supsup_dedicated_masks_pick_the_right_task(stream: Stream, strategy: str, objective: str,
@@ -120,6 +122,7 @@ def test_supsup_dedicated_masks_pick_the_right_task(stream: Stream, strategy: st
             assert result.scores.shape == (K,) and int(result.scores.argmin()) == task
 
 
+@pytest.mark.slow  # shares the ~6 s trained-stream fixture
 @pytest.mark.parametrize("strategy,objective", [("oneshot", "superfluous"), ("binary", "superfluous"),
                                                 ("binary", "entropy")])
 def test_kspace_one_shot_over_all_seen_tasks(stream: Stream, strategy: str, objective: str) -> None:
@@ -131,6 +134,7 @@ def test_kspace_one_shot_over_all_seen_tasks(stream: Stream, strategy: str, obje
         assert result.task == task
 
 
+@pytest.mark.slow  # shares the ~6 s trained-stream fixture
 def test_alpha_fit_classifies_without_a_task_choice(stream: Stream) -> None:
     fitted, uniform = TaskInference(strategy="alpha_fit"), TaskInference(strategy="alpha_fit", alpha_fit_steps=0)
     for task in range(K):
@@ -143,12 +147,14 @@ def test_alpha_fit_classifies_without_a_task_choice(stream: Stream) -> None:
         assert int(result.alpha.sum(0).argmax()) == task  # the fit leans on the task's own impression
 
 
+@pytest.mark.slow  # shares the ~6 s trained-stream fixture
 def test_alpha_fit_global_granularity_and_sgd(stream: Stream) -> None:
     inference = TaskInference(strategy="alpha_fit", alpha_fit_granularity="global", alpha_fit_optimizer="sgd")
     result = inference.infer(stream.net, stream.batches[0][0], stream.coeffs, num_classes=NUM_CLASSES)
     assert result.alpha.shape == (K,) and not torch.equal(result.alpha, torch.full((K,), 1.0 / K))
 
 
+@pytest.mark.slow  # shares the ~6 s trained-stream fixture
 def test_inference_under_inference_mode_leaves_the_net_alone(stream: Stream) -> None:
     x = stream.batches[1][0]
     inference = TaskInference()
