@@ -3,5 +3,7 @@
 from callbacks.freeze import FreezeImpressions
 from callbacks.reporting import LoggedSaveConfigCallback, report_retention
 from callbacks.retention import RetentionEvaluator
+from callbacks.task_inference import TaskInferenceEvaluator
 
-__all__ = ["FreezeImpressions", "LoggedSaveConfigCallback", "RetentionEvaluator", "report_retention"]
+__all__ = ["FreezeImpressions", "LoggedSaveConfigCallback", "RetentionEvaluator", "TaskInferenceEvaluator",
+           "report_retention"]

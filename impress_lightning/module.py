@@ -89,6 +89,8 @@ class ImpressLearnModule(L.LightningModule):
         # optimiser only ever gives gradients to the current stage's ones.
         self.alphas = nn.ParameterList([nn.Parameter(torch.full(shape, 1.0 / max(k, 1))) for _ in range(num_tasks)])
         self.mask_optimizer, self.alpha_optimizer = mask_optimizer, alpha_optimizer
+        # How many tasks are finished: state, so `test` / export on a checkpoint know which tasks exist.
+        self.register_buffer("tasks_learned", torch.zeros((), dtype=torch.long))
         self.train_acc, self.val_acc = task_accuracy(num_classes), task_accuracy(num_classes)
 
     # ----- what a task is --------------------------------------------------------------------------------
@@ -105,6 +107,21 @@ class ImpressLearnModule(L.LightningModule):
                                    "to the trainer's callbacks (before RetentionEvaluator)")
             return Impression(slot)
         return Combine(self.alphas[task])
+
+    def task_coefficients(self, num_tasks: int | None = None) -> Tensor:
+        """Coefficients ``[T, L, n]`` of the first ``num_tasks`` tasks (default: the finished ones) over the
+        n masks stored so far: one-hot rows for impression tasks, α (broadcast to every layer if global)
+        otherwise. (Combination tasks only exist once all K impressions are stored, so their α has size n.)"""
+        count = int(self.tasks_learned) if num_tasks is None else num_tasks
+        n, layers = len(self.net.layers[0].bank), self.net.num_layers
+        rows = []
+        for task in range(count):
+            slot = self.schedule.impression_slot_of_task(task)
+            if slot is not None:
+                rows.append(torch.nn.functional.one_hot(torch.tensor(slot), n).float().expand(layers, n))
+            else:
+                rows.append(self.alphas[task].detach().cpu().expand(layers, n))
+        return torch.stack(rows).to(self.device) if rows else torch.zeros(0, layers, n, device=self.device)
 
     def training_selection(self, stage: Stage) -> Selection:
         return LearnMask(self.rule) if stage.kind == "impression" else Combine(self.alphas[stage.task])
@@ -153,6 +170,11 @@ class ImpressLearnModule(L.LightningModule):
                                f"holds {len(self.net.layers[0].bank)}: add callbacks.FreezeImpressions")
         if stage.index > 0:
             self.trainer.strategy.setup_optimizers(self.trainer)  # fresh optimiser state for every task
+
+    def on_train_epoch_end(self) -> None:
+        stage = self.current_stage
+        if self.trainer.current_epoch == stage.last_epoch and stage.completes_task:
+            self.tasks_learned.fill_(stage.task + 1)
 
     def freeze_impression(self, stage: Stage) -> None:
         """Freeze the mask learned in impression ``stage`` into bank slot ``stage.slot`` of every layer."""
@@ -211,6 +233,8 @@ class ImpressLearnModule(L.LightningModule):
         self.log("val/acc", self.val_acc, prog_bar=True, on_epoch=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx >= int(self.tasks_learned):
+            return  # a task the checkpoint has not learned yet
         x, y = batch
         acc = (self.predict_task(x, dataloader_idx) == y).float().mean()
         self.log(f"test/acc_task{dataloader_idx:02d}", acc, add_dataloader_idx=False, batch_size=len(y))
