@@ -1,0 +1,332 @@
+"""The task bank: the small file a user ships after training, and the model rebuilt from it.
+
+A task bank keeps only what predictions need and nothing that can be regenerated. The frozen signed-constant
+weights are rebuilt from the backbone name and seed (a SHA-256 of their signs is stored to prove it); the
+impressions are the bank's bit-packed rows, exactly as stored; each learned task keeps its impression slot or
+its α, plus its BatchNorm statistics for conv nets. No scores, optimiser state or α of unfinished tasks.
+
+    bank = TaskBank.from_module(module)  # every finished task (module.tasks_learned)
+    bank.save("bank.pt")
+    model = TaskBank.load("bank.pt").build_model()
+    labels = model.predict(x, task=2)
+
+The file is a ``torch.save`` of plain tensors, lists, strings and numbers, read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+import impress_lightning
+from impress_lightning.backbones import build_backbone
+from impress_lightning.nn import Combine, Impression, SupermaskNet, pack_bits, packed_size
+
+if TYPE_CHECKING:
+    from impress_lightning.inference import InferenceResult, TaskInference
+    from impress_lightning.module import ImpressLearnModule
+
+FORMAT = "impress-lightning-task-bank"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A task bank cannot be built, read or used; the message is one line that says what to do."""
+
+
+def weight_digest(net: SupermaskNet) -> str:
+    """SHA-256 of the shapes and sign bits of every frozen weight: proves a rebuilt backbone is the same."""
+    digest = hashlib.sha256()
+    for layer in net.layers:
+        digest.update(repr(tuple(layer.weight.shape)).encode())
+        digest.update(pack_bits(layer.weight.detach().cpu() < 0).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _extra_state(net: SupermaskNet) -> dict[str, Tensor]:
+    """Persistent tensors of the backbone that are neither regenerated nor stored elsewhere in the bank (e.g.
+    a torchvision model's LayerNorm or class token, left at their random initialisation)."""
+    covered = set()
+    for name in net.layer_names:
+        covered |= {f"{name}.weight", f"{name}.scores", f"{name}.bank.packed", f"{name}.bank.count"}
+    for name in net.bn_names:
+        covered |= {f"{name}.task_mean", f"{name}.task_var"}
+    return {k: v.detach().cpu().clone() for k, v in net.body.state_dict().items() if k not in covered}
+
+
+@dataclass
+class TaskBank:
+    """Everything needed to predict every learned task; see the module docstring and docs/export.md."""
+
+    backbone: str
+    input_shape: list[int]
+    num_classes: int
+    extra_outputs: int
+    seed: int
+    num_tasks: int  # tasks in the stream (BatchNorm rows of the rebuilt model)
+    source: str  # impression source: heterogeneous | homogeneous | random | supsup
+    layer_names: list[str]
+    layer_shapes: list[list[int]]
+    weight_sha256: str
+    masks: Tensor  # uint8 [K, Σ_l ceil(numel_l / 8)]: row k = impression k, every layer's packed bytes in order
+    tasks: list[int]  # learned task ids
+    slots: list[int]  # per learned task: its bank slot, or -1 for a combination task
+    alpha: Tensor  # float [number of combination tasks, *α shape], in the order they appear in ``tasks``
+    bn_names: list[str] = field(default_factory=list)
+    bn_features: list[int] = field(default_factory=list)
+    bn_stats: Tensor | None = None  # float [len(tasks), Σ_b 2·C_b]: per BN layer its running mean, then var
+    extra_state: dict[str, Tensor] = field(default_factory=dict)
+    normalization: dict[str, list[float]] | None = None  # {"mean": [...], "std": [...]} per channel
+    label_maps: list[list[Any]] | None = None  # label_maps[task][output index] = the dataset's label
+    producer: dict[str, str] = field(default_factory=dict)
+
+    # ----- build ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_module(cls, module: ImpressLearnModule, num_learned: int | None = None, *,
+                    normalization: dict[str, Sequence[float]] | None = None,
+                    label_maps: Sequence[Sequence[Any]] | None = None) -> TaskBank:
+        """The bank of ``module``'s finished tasks ``0 .. num_learned - 1`` (tasks finish in id order).
+
+        Args:
+            module: a trained (or partly trained) ImpressLearnModule.
+            num_learned: how many tasks are finished; default the module's ``tasks_learned`` counter.
+            normalization: ``{"mean": [...], "std": [...]}`` per input channel, if known.
+            label_maps: per task, the dataset label of each head output, if labels were remapped.
+        """
+        net, hp = module.net, module.hparams
+        if num_learned is None:
+            num_learned = int(module.tasks_learned)
+        tasks = list(range(min(num_learned, module.num_tasks)))
+        if not tasks:
+            raise ArtifactError("no task is finished yet: train at least one task (or export a later checkpoint)")
+        count = len(net.layers[0].bank)
+        slots = [module.schedule.impression_slot_of_task(t) for t in tasks]
+        missing = [t for t, s in zip(tasks, slots) if s is not None and s >= count]
+        if missing:
+            raise ArtifactError(f"tasks {missing} are finished but their impressions are not in the bank: the run "
+                                "lacked callbacks.FreezeImpressions")
+        combos = [t for t, s in zip(tasks, slots) if s is None]
+        alpha = torch.stack([module.alphas[t].detach().cpu().clone() for t in combos]) if combos else \
+            torch.zeros(0)
+        masks = torch.cat([layer.bank.packed[:count].detach().cpu() for layer in net.layers], dim=1)
+        bn_stats = None
+        if net.bn_names:
+            bn_stats = torch.cat([torch.cat([bn.task_mean[tasks], bn.task_var[tasks]], dim=1).detach().cpu()
+                                  for bn in net.batchnorms], dim=1)
+        bank = cls(
+            backbone=hp.backbone, input_shape=[int(v) for v in hp.input_shape], num_classes=int(hp.num_classes),
+            extra_outputs=int(hp.extra_outputs), seed=int(hp.seed), num_tasks=int(hp.num_tasks),
+            source=module.schedule.source, layer_names=list(net.layer_names),
+            layer_shapes=[list(layer.weight.shape) for layer in net.layers], weight_sha256=weight_digest(net),
+            masks=masks, tasks=tasks, slots=[-1 if s is None else s for s in slots], alpha=alpha,
+            bn_names=list(net.bn_names), bn_features=[bn.num_features for bn in net.batchnorms], bn_stats=bn_stats,
+            extra_state=_extra_state(net),
+            normalization=None if normalization is None else {k: [float(v) for v in normalization[k]]
+                                                              for k in ("mean", "std")},
+            label_maps=None if label_maps is None else [list(m) for m in label_maps],
+            producer={"impress_lightning": str(impress_lightning.__version__), "torch": str(torch.__version__)})
+        bank.validate()
+        return bank
+
+    def validate(self) -> None:
+        """Raise :class:`ArtifactError` if the fields do not fit together."""
+        numels = [math.prod(s) for s in self.layer_shapes]
+        if self.masks.dtype != torch.uint8 or self.masks.dim() != 2 or \
+                self.masks.shape[1] != sum(packed_size(n) for n in numels):
+            raise ArtifactError(f"masks must be uint8 [K, {sum(packed_size(n) for n in numels)}], got "
+                                f"{self.masks.dtype} {tuple(self.masks.shape)}")
+        if len(self.slots) != len(self.tasks) or self.alpha.shape[0] != self.slots.count(-1):
+            raise ArtifactError("tasks, slots and alpha disagree: the file is damaged")
+        if self.normalization is not None and (
+                len(self.normalization["mean"]) != len(self.normalization["std"])
+                or len(self.normalization["mean"]) not in (1, self.input_shape[0])):
+            raise ArtifactError(f"normalization needs one mean and one std per channel ({self.input_shape[0]}), "
+                                f"got {self.normalization}")
+        if self.label_maps is not None and (len(self.label_maps) != self.num_tasks or any(
+                len(self.label_maps[t]) != self.num_classes for t in self.tasks)):
+            raise ArtifactError(f"label_maps needs one list of {self.num_classes} labels (one per output) for each of "
+                                f"the {self.num_tasks} tasks")
+
+    # ----- sizes ------------------------------------------------------------------------------------------
+    @property
+    def num_impressions(self) -> int:
+        """Masks stored per layer (K impressions, or one per task for SupSup)."""
+        return self.masks.shape[0]
+
+    def supsup_mask_bytes(self) -> int:
+        """Bytes that dedicated SupSup masks (one bit per weight per task) would take for the same tasks."""
+        return len(self.tasks) * sum(packed_size(math.prod(s)) for s in self.layer_shapes)
+
+    def sizes(self, file_bytes: int | None = None) -> dict[str, int]:
+        """Byte breakdown: masks, alpha, batchnorm, other (extra backbone state), metadata, total.
+
+        ``file_bytes`` is the saved file's size; without it the bank is serialised in memory to measure it.
+        """
+        total = len(self.to_bytes()) if file_bytes is None else file_bytes
+        parts = {"masks": self.masks.nbytes, "alpha": self.alpha.nbytes,
+                 "batchnorm": 0 if self.bn_stats is None else self.bn_stats.nbytes,
+                 "other": sum(t.nbytes for t in self.extra_state.values())}
+        return {**parts, "metadata": total - sum(parts.values()), "total": total}
+
+    # ----- file -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict that is saved (tensors, lists, strings, numbers only)."""
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    def to_bytes(self) -> bytes:
+        """The file's content."""
+        buffer = io.BytesIO()
+        torch.save(self.to_dict(), buffer)
+        return buffer.getvalue()
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> int:
+        """Write the bank to ``path`` (refusing to replace an existing file unless ``overwrite``); returns its
+        size in bytes. Written to a temporary file first, so a failure never leaves half a file behind."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ArtifactError(f"output {path} already exists: choose another path or pass --overwrite")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_bytes(self.to_bytes())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.stat().st_size
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TaskBank:
+        """Read a bank written by :meth:`save` (safely: ``weights_only=True``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"bank file {path} does not exist")
+        return cls.from_bytes(path.read_bytes(), source=str(path))
+
+    @classmethod
+    def from_bytes(cls, content: bytes, source: str = "<bytes>") -> TaskBank:
+        """Inverse of :meth:`to_bytes` (``weights_only=True``: no code in the file is ever run)."""
+        try:
+            data = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+            raise ArtifactError(f"{source} is not a task bank ({type(err).__name__}): write one with "
+                                "`impress-lightning export`") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> TaskBank:
+        """Inverse of :meth:`to_dict`, with a clear error for anything else (e.g. a Lightning checkpoint)."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            is_ckpt = isinstance(data, dict) and "state_dict" in data
+            hint = " (it is a Lightning checkpoint: export it, or give it to predict as --ckpt_path)" if is_ckpt else ""
+            raise ArtifactError(f"{source} is not an impress-lightning task bank{hint}: "
+                                "run `impress-lightning export --ckpt_path CKPT --output BANK`")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{source} has format_version {data.get('format_version')}; this impress-lightning "
+                                f"reads version {FORMAT_VERSION}: upgrade impress-lightning or re-export")
+        names = {f.name for f in dataclasses.fields(cls)}
+        bank = cls(**{k: v for k, v in data.items() if k in names})
+        bank.validate()
+        return bank
+
+    def build_model(self, cache_size: int = 2) -> TaskBankModel:
+        """The inference model of this bank (CPU, eval mode)."""
+        return TaskBankModel(self, cache_size)
+
+
+class TaskBankModel(nn.Module):
+    """The rebuilt network of a :class:`TaskBank`: ``forward(x, task)`` gives the logits of a learned task,
+    bit-for-bit those of the trained module on CPU.
+
+    Args:
+        bank: the task bank.
+        cache_size: learned tasks whose combined weights stay materialised.
+    """
+
+    def __init__(self, bank: TaskBank, cache_size: int = 2) -> None:
+        super().__init__()
+        self.bank = bank
+        self.tasks, self.num_classes = list(bank.tasks), bank.num_classes
+        body = build_backbone(bank.backbone, tuple(bank.input_shape), bank.num_classes + bank.extra_outputs,
+                              bank_capacity=bank.num_impressions, num_tasks=bank.num_tasks, seed=bank.seed)
+        self.net = SupermaskNet(body, cache_size=cache_size)
+        layout = (self.net.layer_names, [list(layer.weight.shape) for layer in self.net.layers], self.net.bn_names)
+        if layout != (bank.layer_names, bank.layer_shapes, bank.bn_names):
+            raise ArtifactError(f"backbone {bank.backbone!r} of this impress-lightning has other layers than the bank "
+                                f"was written with (impress-lightning {bank.producer.get('impress_lightning')})")
+        if weight_digest(self.net) != bank.weight_sha256:
+            raise ArtifactError("the regenerated backbone weights differ from the exported ones (torch "
+                                f"{torch.__version__} vs {bank.producer.get('torch')}): use the versions that "
+                                "wrote the bank")
+        self._load_state(bank)
+        self.slot = dict(zip(bank.tasks, bank.slots))
+        combos = [t for t, s in zip(bank.tasks, bank.slots) if s < 0]
+        self.alpha_row = {t: i for i, t in enumerate(combos)}
+        self.register_buffer("alpha", bank.alpha.clone())
+        self.eval()
+
+    @torch.no_grad()
+    def _load_state(self, bank: TaskBank) -> None:
+        offset = 0
+        for layer in self.net.layers:
+            width = packed_size(layer.bank.numel)
+            layer.bank.packed.copy_(bank.masks[:, offset:offset + width])
+            layer.bank.count.fill_(bank.num_impressions)
+            offset += width
+            # An exported bank never learns masks: drop the score tensors (as large as the weights).
+            layer.scores = nn.Parameter(torch.zeros(0), requires_grad=False)
+        if bank.bn_stats is not None:
+            offset = 0
+            for bn, c in zip(self.net.batchnorms, bank.bn_features):
+                bn.task_mean[bank.tasks] = bank.bn_stats[:, offset:offset + c]
+                bn.task_var[bank.tasks] = bank.bn_stats[:, offset + c:offset + 2 * c]
+                offset += 2 * c
+        if bank.extra_state:
+            unexpected = self.net.body.load_state_dict(bank.extra_state, strict=False).unexpected_keys
+            if unexpected:
+                raise ArtifactError(f"the bank holds state {unexpected} that backbone {bank.backbone!r} does not have")
+
+    def check_task(self, task: int) -> None:
+        """Raise a one-line error unless ``task`` is a learned task of this bank."""
+        if task not in self.slot:
+            raise ArtifactError(f"task {task} is not in this bank: choose one of the learned tasks {self.tasks}")
+
+    def selection(self, task: int) -> Impression | Combine:
+        """The frozen weights of learned ``task``: its impression slot or its α combination."""
+        self.check_task(task)
+        slot = self.slot[task]
+        return Impression(slot) if slot >= 0 else Combine(self.alpha[self.alpha_row[task]])
+
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        """Logits (all head outputs) of learned ``task`` for the normalised batch ``x``."""
+        return self.net(x, self.selection(task), bn_task=task, cache_key=task)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, task: int) -> Tensor:
+        """Predicted output indices (argmax over the labelled outputs) of learned ``task``."""
+        return self(x, task)[:, : self.num_classes].argmax(dim=1)
+
+    def label_map(self, task: int) -> list[Any] | None:
+        """Output index -> dataset label of ``task`` (None when the bank has no label maps)."""
+        return None if self.bank.label_maps is None else self.bank.label_maps[task]
+
+    def task_coeffs(self) -> Tensor:
+        """Coefficients of every learned task over the bank slots (one-hot rows for impression tasks),
+        ``[T, L, K]`` (or ``[T, K]`` for global α): the input of task inference."""
+        eye = torch.eye(self.bank.num_impressions, device=self.alpha.device)
+        shape = eye.shape[1:] if self.alpha.dim() == 2 else (self.net.num_layers, eye.shape[0])
+        return torch.stack([eye[self.slot[t]].expand(shape) if self.slot[t] >= 0 else self.alpha[self.alpha_row[t]]
+                            for t in self.tasks])
+
+    def infer(self, x: Tensor, inference: TaskInference) -> InferenceResult:
+        """Infer the task of batch ``x`` among the learned tasks and classify it (see impress_lightning.inference)."""
+        return inference.infer(self.net, x, self.task_coeffs(), num_classes=self.num_classes, task_ids=self.tasks,
+                               classify=lambda batch, task: self(batch, task))

@@ -1,0 +1,148 @@
+"""`impress-lightning predict`: image folders and tensor files through the console-script entry point, with a
+given task id or with task inference; outputs checked against the trained module's own predictions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_export import TrainedStream, train_stream
+
+from impress_lightning.artifact import TaskBank
+from impress_lightning.cli import main as cli_main
+from impress_lightning.data import NormalizeCollate
+from impress_lightning.tools.predict import input_batches
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> TrainedStream:
+    """Split digits (3 classes per task, so label maps matter), LeNet-300-100, 2 impressions + 1 α task."""
+    return train_stream(tmp_path_factory.mktemp("predict"), "lenet_300_100", "heterogeneous", "split")
+
+
+def predict(*args: str | Path) -> None:
+    cli_main(["predict", *map(str, args)])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_image_folder_is_normalised_like_training_and_labels_are_mapped_back(trained, tmp_path):
+    task = 2
+    images = trained.dm.source.eval_dataset(task, "test").images[:12]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img[0].numpy()).save(folder / f"digit_{i:02d}.png")
+    predict("--bank", trained.bank, "--input", folder, "--task", task, "--output", tmp_path / "preds.csv")
+    rows = read_csv(tmp_path / "preds.csv")
+    info = trained.dm.provider.info
+    x = NormalizeCollate(info.mean, info.std).normalize(images)
+    bank = TaskBank.load(trained.bank)
+    batch = next(input_batches(folder, bank, 64, bank.normalization)[1])[1]
+    assert torch.equal(batch, x)  # exactly the tensors the training loader would have produced
+    with torch.no_grad():
+        outputs = trained.module.predict_task(x, task).tolist()
+    assert [r["input"] for r in rows] == [f"digit_{i:02d}.png" for i in range(12)]
+    assert [int(r["output"]) for r in rows] == outputs
+    assert [int(r["label"]) for r in rows] == [trained.dm.label_maps[task][o] for o in outputs]
+    assert {r["task"] for r in rows} == {str(task)}
+
+
+def test_rgb_images_of_another_size_are_converted_to_the_input_shape(trained, tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    pictures = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    for i, pic in enumerate(pictures):
+        Image.fromarray(pic).save(folder / f"{i}.png")
+    predict("--bank", trained.bank, "--input", folder, "--task", 0, "--output", tmp_path / "preds.json")
+    rows = json.loads((tmp_path / "preds.json").read_text())
+    gray = [np.array(Image.fromarray(p).convert("L").resize((8, 8), Image.Resampling.BILINEAR)) for p in pictures]
+    images = torch.from_numpy(np.stack(gray)).unsqueeze(1)
+    info = trained.dm.provider.info
+    with torch.no_grad():
+        expected = trained.module.predict_task(NormalizeCollate(info.mean, info.std).normalize(images), 0).tolist()
+    assert [r["output"] for r in rows] == expected
+
+
+def test_tensor_file_from_bank_and_from_checkpoint_agree_with_the_module(trained, tmp_path, capsys):
+    x = torch.randn(10, *trained.dm.input_shape, generator=torch.Generator().manual_seed(3))
+    torch.save(x, tmp_path / "x.pt")
+    predict("--bank", trained.bank, "--input", tmp_path / "x.pt", "--task", 1, "--batch_size", 4)
+    from_bank = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    predict("--ckpt_path", trained.last, "--input", tmp_path / "x.pt", "--task", 1, "--output", tmp_path / "p.csv")
+    with torch.no_grad():
+        expected = trained.module.predict_task(x, 1).tolist()
+    assert [int(r["output"]) for r in from_bank] == expected
+    assert from_bank == read_csv(tmp_path / "p.csv")
+    assert [r["input"] for r in from_bank] == [f"x.pt[{i}]" for i in range(10)]
+
+
+@pytest.mark.parametrize("strategy", ["oneshot", "binary"])
+def test_inferred_task_classifies_the_batch_with_that_task(trained, tmp_path, strategy):
+    x = next(iter(trained.dm.eval_dataloader(1)))[0][:16]
+    torch.save(x, tmp_path / "x.pt")
+    predict("--bank", trained.bank, "--input", tmp_path / "x.pt", "--infer", "--strategy", strategy,
+            "--output", tmp_path / "p.csv")
+    rows = read_csv(tmp_path / "p.csv")
+    tasks = {int(r["task"]) for r in rows}
+    assert len(tasks) == 1 and tasks <= {0, 1, 2}  # one batch, one inferred task
+    task = tasks.pop()
+    with torch.no_grad():
+        assert [int(r["output"]) for r in rows] == trained.module.predict_task(x, task).tolist()
+    assert [int(r["label"]) for r in rows] == [trained.dm.label_maps[task][int(r["output"])] for r in rows]
+
+
+def test_alpha_fit_reports_no_task_and_raw_outputs_when_label_maps_differ(trained, tmp_path):
+    x = next(iter(trained.dm.eval_dataloader(0)))[0][:8]
+    torch.save(x, tmp_path / "x.pt")
+    predict("--bank", trained.bank, "--input", tmp_path / "x.pt", "--infer", "--strategy", "alpha_fit",
+            "--output", tmp_path / "p.json")
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert {r["task"] for r in rows} == {"alpha_fit"}
+    assert all(r["label"] == r["output"] and 0 <= r["output"] < 3 for r in rows)
+
+
+def test_predict_errors_are_one_line(trained, tmp_path):
+    torch.save(torch.randn(2, 3, 8, 8), tmp_path / "wrong.pt")
+    with pytest.raises(SystemExit, match=r"must hold one float tensor \[N, 1, 8, 8\]"):
+        predict("--bank", trained.bank, "--input", tmp_path / "wrong.pt", "--task", 0)
+    torch.save(torch.randn(2, 1, 8, 8), tmp_path / "x.pt")
+    with pytest.raises(SystemExit, match=r"task 5 is not in this bank.*\[0, 1, 2\]"):
+        predict("--bank", trained.bank, "--input", tmp_path / "x.pt", "--task", 5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="holds no image files"):
+        predict("--bank", trained.bank, "--input", tmp_path / "empty", "--task", 0)
+    with pytest.raises(SystemExit, match="does not exist"):
+        predict("--bank", tmp_path / "missing.pt", "--input", tmp_path / "x.pt", "--task", 0)
+    with pytest.raises(SystemExit, match="Lightning checkpoint"):
+        predict("--bank", trained.last, "--input", tmp_path / "x.pt", "--task", 0)
+    (tmp_path / "p.csv").write_text("earlier")
+    with pytest.raises(SystemExit, match="already exists"):
+        predict("--bank", trained.bank, "--input", tmp_path / "x.pt", "--task", 0, "--output", tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_text() == "earlier"
+
+
+def test_images_need_normalisation_constants(trained, tmp_path):
+    bank = TaskBank.load(trained.bank)
+    bank.normalization = None
+    bank.save(tmp_path / "plain.pt")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(folder / "a.png")
+    with pytest.raises(SystemExit, match="no normalisation constants: pass --mean and --std"):
+        predict("--bank", tmp_path / "plain.pt", "--input", folder, "--task", 0)
+    predict("--bank", tmp_path / "plain.pt", "--input", folder, "--task", 0, "--mean", "0.5", "--std", "0.5",
+            "--output", tmp_path / "p.csv")
+    x = torch.full((1, 1, 8, 8), -1.0)  # (0 / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        assert int(read_csv(tmp_path / "p.csv")[0]["output"]) == trained.module.predict_task(x, 0).item()
