@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor
 
-from impress_lightning.artifact import ArtifactError, TaskBank, TaskBankModel
+from impress_lightning.artifact import ArtifactError, TaskBank
+from impress_lightning.bank_model import TaskBankModel
 from impress_lightning.data import NormalizeCollate
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

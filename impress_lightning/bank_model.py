@@ -1,0 +1,105 @@
+"""TaskBankModel: the network rebuilt from an exported task bank, for prediction and task inference."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from impress_lightning.artifact import ArtifactError, TaskBank, weight_digest
+from impress_lightning.backbones import build_backbone
+from impress_lightning.nn import Combine, Impression, SupermaskNet, packed_size
+
+if TYPE_CHECKING:
+    from impress_lightning.inference import InferenceResult, TaskInference
+
+
+class TaskBankModel(nn.Module):
+    """The rebuilt network of a :class:`TaskBank`: ``forward(x, task)`` gives the logits of a learned task,
+    bit-for-bit those of the trained module on CPU.
+
+    Args:
+        bank: the task bank.
+        cache_size: learned tasks whose combined weights stay materialised.
+    """
+
+    def __init__(self, bank: TaskBank, cache_size: int = 2) -> None:
+        super().__init__()
+        self.bank = bank
+        self.tasks, self.num_classes = list(bank.tasks), bank.num_classes
+        body = build_backbone(bank.backbone, tuple(bank.input_shape), bank.num_classes + bank.extra_outputs,
+                              bank_capacity=bank.num_impressions, num_tasks=bank.num_tasks, seed=bank.seed)
+        self.net = SupermaskNet(body, cache_size=cache_size)
+        layout = (self.net.layer_names, [list(layer.weight.shape) for layer in self.net.layers], self.net.bn_names)
+        if layout != (bank.layer_names, bank.layer_shapes, bank.bn_names):
+            raise ArtifactError(f"backbone {bank.backbone!r} of this impress-lightning has other layers than the bank "
+                                f"was written with (impress-lightning {bank.producer.get('impress_lightning')})")
+        if weight_digest(self.net) != bank.weight_sha256:
+            raise ArtifactError("the regenerated backbone weights differ from the exported ones (torch "
+                                f"{torch.__version__} vs {bank.producer.get('torch')}): use the versions that "
+                                "wrote the bank")
+        self._load_state(bank)
+        self.slot = dict(zip(bank.tasks, bank.slots))
+        combos = [t for t, s in zip(bank.tasks, bank.slots) if s < 0]
+        self.alpha_row = {t: i for i, t in enumerate(combos)}
+        self.register_buffer("alpha", bank.alpha.clone())
+        self.eval()
+
+    @torch.no_grad()
+    def _load_state(self, bank: TaskBank) -> None:
+        offset = 0
+        for layer in self.net.layers:
+            width = packed_size(layer.bank.numel)
+            layer.bank.packed.copy_(bank.masks[:, offset:offset + width])
+            layer.bank.count.fill_(bank.num_impressions)
+            offset += width
+            # An exported bank never learns masks: drop the score tensors (as large as the weights).
+            layer.scores = nn.Parameter(torch.zeros(0), requires_grad=False)
+        if bank.bn_stats is not None:
+            offset = 0
+            for bn, c in zip(self.net.batchnorms, bank.bn_features):
+                bn.task_mean[bank.tasks] = bank.bn_stats[:, offset:offset + c]
+                bn.task_var[bank.tasks] = bank.bn_stats[:, offset + c:offset + 2 * c]
+                offset += 2 * c
+        if bank.extra_state:
+            unexpected = self.net.body.load_state_dict(bank.extra_state, strict=False).unexpected_keys
+            if unexpected:
+                raise ArtifactError(f"the bank holds state {unexpected} that backbone {bank.backbone!r} does not have")
+
+    def check_task(self, task: int) -> None:
+        """Raise a one-line error unless ``task`` is a learned task of this bank."""
+        if task not in self.slot:
+            raise ArtifactError(f"task {task} is not in this bank: choose one of the learned tasks {self.tasks}")
+
+    def selection(self, task: int) -> Impression | Combine:
+        """The frozen weights of learned ``task``: its impression slot or its α combination."""
+        self.check_task(task)
+        slot = self.slot[task]
+        return Impression(slot) if slot >= 0 else Combine(self.alpha[self.alpha_row[task]])
+
+    def forward(self, x: Tensor, task: int) -> Tensor:
+        """Logits (all head outputs) of learned ``task`` for the normalised batch ``x``."""
+        return self.net(x, self.selection(task), bn_task=task, cache_key=task)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, task: int) -> Tensor:
+        """Predicted output indices (argmax over the labelled outputs) of learned ``task``."""
+        return self(x, task)[:, : self.num_classes].argmax(dim=1)
+
+    def label_map(self, task: int) -> list[Any] | None:
+        """Output index -> dataset label of ``task`` (None when the bank has no label maps)."""
+        return None if self.bank.label_maps is None else self.bank.label_maps[task]
+
+    def task_coeffs(self) -> Tensor:
+        """Coefficients of every learned task over the bank slots (one-hot rows for impression tasks),
+        ``[T, L, K]`` (or ``[T, K]`` for global α): the input of task inference."""
+        eye = torch.eye(self.bank.num_impressions, device=self.alpha.device)
+        shape = eye.shape[1:] if self.alpha.dim() == 2 else (self.net.num_layers, eye.shape[0])
+        return torch.stack([eye[self.slot[t]].expand(shape) if self.slot[t] >= 0 else self.alpha[self.alpha_row[t]]
+                            for t in self.tasks])
+
+    def infer(self, x: Tensor, inference: TaskInference) -> InferenceResult:
+        """Infer the task of batch ``x`` among the learned tasks and classify it (see impress_lightning.inference)."""
+        return inference.infer(self.net, x, self.task_coeffs(), num_classes=self.num_classes, task_ids=self.tasks,
+                               classify=lambda batch, task: self(batch, task))
