@@ -18,7 +18,7 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 def tiny_fit_args(save_dir: Path, *extra: str) -> list[str]:
     return ["fit", "--config", QUICKSTART, "--trainer.logger.init_args.save_dir", str(save_dir),
             "--trainer.enable_progress_bar", "false", "--data.init_args.num_tasks", "3",
-            "--data.init_args.train_subset", "128", "--model.impression_epochs", "2",
+            "--data.init_args.train_subset", "128", "--model.num_impressions", "2", "--model.impression_epochs", "2",
             "--model.combination_epochs", "1", *extra]
 
 
@@ -35,7 +35,8 @@ def test_print_config_resolves_the_quickstart(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", QUICKSTART, "--print_config"])
     out = capsys.readouterr().out
-    assert "num_impressions: 2" in out and "impress_lightning.data.EmbeddedDigits" in out
+    assert "num_impressions: 3" in out and "impress_lightning.data.EmbeddedDigits" in out
+    assert "callbacks.TaskCheckpoint" in out  # per-task checkpoints are on in every config
 
 
 @pytest.mark.slow
