@@ -3,7 +3,8 @@
 from callbacks.freeze import FreezeImpressions
 from callbacks.reporting import LoggedSaveConfigCallback, report_retention
 from callbacks.retention import RetentionEvaluator
+from callbacks.task_checkpoint import TaskCheckpoint
 from callbacks.task_inference import TaskInferenceEvaluator
 
-__all__ = ["FreezeImpressions", "LoggedSaveConfigCallback", "RetentionEvaluator", "TaskInferenceEvaluator",
-           "report_retention"]
+__all__ = ["FreezeImpressions", "LoggedSaveConfigCallback", "RetentionEvaluator", "TaskCheckpoint",
+           "TaskInferenceEvaluator", "report_retention"]

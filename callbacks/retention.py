@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
@@ -17,8 +18,19 @@ from impress_lightning.metrics import summarise
 
 
 def run_directory(trainer: L.Trainer, output_dir: str | None) -> Path:
-    """Where run outputs go: ``output_dir`` or the trainer's log directory."""
-    return Path(output_dir or trainer.log_dir or trainer.default_root_dir)
+    """Where run outputs go: ``output_dir`` or the trainer's log directory.
+
+    Safe to call on rank zero alone: it resolves the directory the way ``trainer.log_dir`` does but without that
+    property's broadcast, a collective that deadlocks DDP when only the writing rank asks (measured: ddp_spawn
+    on 2 CPU processes hung at the first retention.json).
+    """
+    if output_dir:
+        return Path(output_dir)
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    dirpath = logger.log_dir if isinstance(logger, (CSVLogger, TensorBoardLogger)) else logger.save_dir
+    return Path(dirpath or trainer.default_root_dir)
 
 
 def rank_shard(loader: DataLoader, trainer: L.Trainer) -> DataLoader:

@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks import FreezeImpressions, LoggedSaveConfigCallback, RetentionEvaluator
@@ -46,12 +47,24 @@ class ImpressLightningCLI(LightningCLI):
                 # A new W&B run id means a new checkpoint folder: "last" would silently start from scratch.
                 raise SystemExit("error: resuming with WandbLogger needs the interrupted run's id: add "
                                  "--trainer.logger.init_args.id <run id> (see docs/wandb.md)")
-            return
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         earlier = [p.name for p in (run_dir / "checkpoints", run_dir / "retention.json") if p.exists()]
+        if config.get("ckpt_path") == "last" and earlier and not self._has_last_checkpoint(run_dir):
+            # Lightning would only warn and train from scratch over the earlier run's files.
+            raise SystemExit(f"error: --ckpt_path last but {run_dir} holds no last*.ckpt: resume from a file with "
+                             "--ckpt_path <file> (e.g. checkpoints/taskNN-*.ckpt), or start elsewhere with "
+                             "--trainer.logger.init_args.save_dir <new dir>")
+        if config.get("ckpt_path"):
+            return
         if earlier:
             raise SystemExit(f"error: run directory {run_dir} already holds {', '.join(earlier)}: resume with "
                              "--ckpt_path last, or start elsewhere with --trainer.logger.init_args.save_dir <new dir>")
+
+    def _has_last_checkpoint(self, run_dir: Path) -> bool:
+        """Whether a ModelCheckpoint folder holds a readable ``last*.ckpt`` (what ``--ckpt_path last`` loads)."""
+        folders = {Path(cb.dirpath) if cb.dirpath else run_dir / "checkpoints"
+                   for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)}
+        return any(path.exists() for folder in folders for path in folder.glob("last*.ckpt"))
 
     def before_fit(self) -> None:
         self._protect_run_directory()
