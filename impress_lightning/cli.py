@@ -34,6 +34,16 @@ class ImpressLightningCLI(LightningCLI):
         # One fit covers every task: each epoch's task picks its loader.
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         config.trainer.reload_dataloaders_every_n_epochs = 1
+        self._evaluate_into_subfolder(config)
+
+    def _evaluate_into_subfolder(self, config) -> None:
+        """``validate`` / ``test`` of a run whose logger writes straight into the run directory (empty version)
+        go to ``<run>/<subcommand>/``, so they never overwrite the fit's config.yaml, metrics or results."""
+        logger = config.trainer.get("logger")
+        if self.subcommand not in ("validate", "test") or not hasattr(logger, "init_args"):
+            return
+        if "version" in logger.init_args and logger.init_args.version in ("", None):
+            logger.init_args.version = self.subcommand
 
     def _size_trainer(self) -> None:
         self.trainer.fit_loop.max_epochs = self.model.schedule.total_epochs

@@ -56,6 +56,18 @@ def test_fit_writes_retention_results_with_zero_forgetting(tmp_path):
         assert (run / name).stat().st_size > 0, name
     assert (run / "checkpoints" / "last.ckpt").exists()
 
+    # `test` on the checkpoint reproduces the last row and writes beside, not over, the fit's files.
+    fit_config = (run / "config.yaml").read_text()
+    main(["test", "--config", QUICKSTART, "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false", "--data.init_args.num_tasks", "3",
+          "--model.num_impressions", "2", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert (run / "config.yaml").read_text() == fit_config
+    tested = (run / "test" / "metrics.csv").read_text().splitlines()
+    header, values = tested[0].split(","), tested[-1].split(",")
+    for task in range(3):
+        logged = float(values[header.index(f"test/acc_task{task:02d}")])
+        assert logged == pytest.approx(matrix[-1][task], abs=1e-6)
+
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "impress_lightning", *args], cwd=cwd, capture_output=True,
