@@ -176,6 +176,24 @@ class ImpressLearnModule(L.LightningModule):
         if self.trainer.current_epoch == stage.last_epoch and stage.completes_task:
             self.tasks_learned.fill_(stage.task + 1)
 
+    def on_train_batch_end(self, outputs: Tensor, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.sync_task_statistics(self.current_stage.task)
+
+    def sync_task_statistics(self, task: int) -> None:
+        """Average ``task``'s BN running statistics over the DDP processes (nothing to do on one process).
+
+        Under manual optimisation Lightning keeps DDP from syncing buffers after the first step (measured with
+        GEM ResNet-18 on 2 processes: the ranks' statistics drifted apart by 0.1 within two steps), so without
+        this each rank would evaluate, and rank zero would checkpoint, statistics of its own data shard only.
+        """
+        if self.trainer.world_size == 1 or not self.net.batchnorms:
+            return
+        rows = [row for bn in self.net.batchnorms for row in (bn.task_mean[task], bn.task_var[task])]
+        mean = self.trainer.strategy.reduce(torch.cat(rows), reduce_op="mean")
+        with torch.no_grad():
+            for row, value in zip(rows, mean.split([row.numel() for row in rows])):
+                row.copy_(value)
+
     def freeze_impression(self, stage: Stage) -> None:
         """Freeze the mask learned in impression ``stage`` into bank slot ``stage.slot`` of every layer."""
         for layer in self.net.layers:
