@@ -70,7 +70,8 @@ class RankSnapshot(L.Callback):
         state = {"alphas": [a.detach().cpu().clone() for a in pl_module.alphas],
                  "banks": [layer.bank.packed.cpu().clone() for layer in pl_module.net.layers],
                  "counts": [len(layer.bank) for layer in pl_module.net.layers],
-                 "scores": [layer.scores.detach().cpu().clone() for layer in pl_module.net.layers]}
+                 "scores": [layer.scores.detach().cpu().clone() for layer in pl_module.net.layers],
+                 "bn": [t.cpu().clone() for bn in pl_module.net.batchnorms for t in (bn.task_mean, bn.task_var)]}
         torch.save(state, Path(self.out) / f"rank{trainer.global_rank}_task{stage.task}.pt")
 
 
@@ -105,9 +106,9 @@ class WriteAudit(L.Callback):
         Path(self.out, f"writes_rank{trainer.global_rank}.json").write_text(json.dumps(self.writes))
 
 
-def fit(devices: int, data: EmbeddedDigits, run_root: Path, out: Path, extra: list[L.Callback]) -> L.Trainer:
+def fit(devices: int, model: ImpressLearnModule, data: EmbeddedDigits, run_root: Path, out: Path,
+        extra: list[L.Callback]) -> L.Trainer:
     kwargs: dict[str, Any] = {"strategy": "ddp_spawn_find_unused_parameters_true"} if devices > 1 else {}
-    model = make_module()
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, max_epochs=model.schedule.total_epochs,
         reload_dataloaders_every_n_epochs=1, deterministic=True, enable_progress_bar=False,
@@ -128,9 +129,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         path.mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PL_GLOBAL_SEED", str(SEED))  # the seed Lightning gives every rank's DistributedSampler
-        fit(WORLD, make_data(EmbeddedDigits, PER_RANK_BATCH), paths["ddp_runs"], paths["ddp_out"],
+        fit(WORLD, make_module(), make_data(EmbeddedDigits, PER_RANK_BATCH), paths["ddp_runs"], paths["ddp_out"],
             [WriteAudit(str(paths["ddp_runs"]), str(paths["ddp_out"]))])
-        fit(1, make_data(GlobalBatchDigits, WORLD * PER_RANK_BATCH), paths["ref_runs"], paths["ref_out"], [])
+        fit(1, make_module(), make_data(GlobalBatchDigits, WORLD * PER_RANK_BATCH), paths["ref_runs"],
+            paths["ref_out"], [])
     return paths
 
 
@@ -185,6 +187,22 @@ def test_only_rank_zero_writes_files(runs: dict[str, Path]) -> None:
                                                    "checkpoints/task02-combination", "checkpoints/task03-combination"]
     assert set(names) - set(tasks) == {"retention.json", "metrics.csv", "hparams.yaml", "checkpoints/last.ckpt",
                                        next(n for n in names if n.startswith("checkpoints/epoch="))}
+
+
+@pytest.mark.slow
+def test_per_task_batchnorm_statistics_stay_identical_across_ranks(tmp_path: Path) -> None:
+    # Lightning's manual optimisation stops DDP's buffer sync after the first step; the module averages the
+    # trained task's statistics itself, so every rank evaluates (and rank zero saves) the same ones.
+    model = ImpressLearnModule(backbone="gem_resnet18", num_tasks=2, num_classes=10, input_shape=(1, 8, 8),
+                               num_impressions=1, density=0.3, seed=SEED)
+    data = EmbeddedDigits(num_tasks=2, batch_size=8, train_subset=32, num_workers=0, seed=SEED)
+    fit(WORLD, model, data, tmp_path / "runs", tmp_path, [])
+    for task in range(2):
+        ranks = [snapshot(tmp_path, r, task)["bn"] for r in range(WORLD)]
+        means, variances = ranks[0][0::2], ranks[0][1::2]
+        assert all(not torch.equal(m[task], torch.zeros_like(m[task])) for m in means)  # the task's rows trained
+        assert all(not torch.equal(v[task], torch.ones_like(v[task])) for v in variances)
+        assert all(torch.equal(a, b) for a, b in zip(ranks[0], ranks[1], strict=True)), task
 
 
 def test_ddp_trainer_config_finds_unused_parameters(capsys: pytest.CaptureFixture[str]) -> None:
