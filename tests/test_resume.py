@@ -81,16 +81,22 @@ def test_a_run_killed_mid_task_resumes_to_the_same_accuracy_matrix(tmp_path: Pat
     full = start_cli(stream_args(tmp_path / "a"), tmp_path / "a.log")
     killed = start_cli(stream_args(tmp_path / "b", f"--trainer.callbacks+={json.dumps(pause)}"), tmp_path / "b.log")
     try:
-        wait_for(tmp_path / "paused", killed, tmp_path / "b.log")
-        run = tmp_path / "b" / "quickstart"
-        # Killed inside task 2: tasks 0 and 1 have their checkpoints, last.ckpt holds task 2's first epoch.
-        assert [name.split("-acc")[0] for name in task_files(run)] == ["task00-impression", "task01-impression"]
-        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == PAUSE_EPOCH - 1
-        os.kill(killed.pid, signal.SIGKILL)
-        assert killed.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if killed.poll() is None:
-            killed.kill()
+        check_kill_resume_and_refusal(tmp_path, full, killed)
+    finally:  # never leave a run behind when an assertion fails
+        for process in (full, killed):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def check_kill_resume_and_refusal(tmp_path: Path, full: subprocess.Popen, killed: subprocess.Popen) -> None:
+    wait_for(tmp_path / "paused", killed, tmp_path / "b.log")
+    run = tmp_path / "b" / "quickstart"
+    # Paused inside task 2: tasks 0 and 1 have their checkpoints, last.ckpt holds task 2's first epoch.
+    assert [name.split("-acc")[0] for name in task_files(run)] == ["task00-impression", "task01-impression"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == PAUSE_EPOCH - 1
+    os.kill(killed.pid, signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
     assert len(json.loads((run / "retention.json").read_text())["accuracy_matrix"]) == 2
 
     before = files(run)
@@ -168,7 +174,6 @@ def test_acc_in_the_filename_needs_a_retention_evaluator(tmp_path: Path) -> None
         trainer.fit(model, datamodule=data)
 
 
-@pytest.mark.slow
 def test_every_task_boundary_is_a_checkpoint_that_resumes_exactly(tmp_path: Path) -> None:
     trainer, model, data = tiny_stream(tmp_path / "full", stream_callbacks(tmp_path / "full"))
     trainer.fit(model, datamodule=data)
