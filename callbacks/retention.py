@@ -109,7 +109,8 @@ class RetentionEvaluator(L.Callback):
         summary = self.summary(pl_module)
         metrics = {"retention/average_accuracy": summary["average_accuracy"], "retention/bwt": summary["bwt"],
                    "retention/forgetting": summary["forgetting"], "retention/task_accuracy": row[stage.task]}
-        pl_module.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, sync_dist=False)
+        # Every rank holds the same exactly-reduced values: log them once.
+        pl_module.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, rank_zero_only=True)
         rank_zero_info(f"[impress] task {stage.task} ({pl_module.schedule.kind_of_task(stage.task)}) done: "
                        f"acc {row[stage.task]:.4f}, avg over seen {summary['average_accuracy']:.4f}, "
                        f"BWT {summary['bwt']:+.4f}")

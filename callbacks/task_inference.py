@@ -101,7 +101,7 @@ class TaskInferenceEvaluator(L.Callback):
                 metrics = {f"inference/{name}/accuracy": summary["accuracy"]}
                 if task_acc is not None:
                     metrics[f"inference/{name}/task_accuracy"] = task_acc
-                module.log_dict(metrics, on_epoch=True)
+                module.log_dict(metrics, on_epoch=True, rank_zero_only=True)  # reduced exactly already
         if trainer.is_global_zero:
             out = run_directory(trainer, None)
             out.mkdir(parents=True, exist_ok=True)

@@ -65,10 +65,21 @@ class ImpressLightningCLI(LightningCLI):
                              "--ckpt_path <file> (e.g. checkpoints/taskNN-*.ckpt), or start elsewhere with "
                              "--trainer.logger.init_args.save_dir <new dir>")
         if config.get("ckpt_path"):
+            self._keep_metrics_history(run_dir)
             return
         if earlier:
             raise SystemExit(f"error: run directory {run_dir} already holds {', '.join(earlier)}: resume with "
                              "--ckpt_path last, or start elsewhere with --trainer.logger.init_args.save_dir <new dir>")
+
+    def _keep_metrics_history(self, run_dir: Path) -> None:
+        """On resume, CSVLogger would delete the run's metrics.csv: keep it as metrics.before-resume-N.csv."""
+        metrics = run_dir / "metrics.csv"
+        if not self.trainer.is_global_zero or not metrics.exists():
+            return
+        n = 1
+        while (run_dir / f"metrics.before-resume-{n}.csv").exists():
+            n += 1
+        metrics.rename(run_dir / f"metrics.before-resume-{n}.csv")
 
     def _has_last_checkpoint(self, run_dir: Path) -> bool:
         """Whether a ModelCheckpoint folder holds a readable ``last*.ckpt`` (what ``--ckpt_path last`` loads)."""

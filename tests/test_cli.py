@@ -56,6 +56,12 @@ def test_fit_writes_retention_results_with_zero_forgetting(tmp_path):
         assert (run / name).stat().st_size > 0, name
     assert (run / "checkpoints" / "last.ckpt").exists()
 
+    # Resuming keeps the earlier metrics (CSVLogger would delete them) and leaves the results in place.
+    history = (run / "metrics.csv").read_text()
+    main(tiny_fit_args(tmp_path, "--ckpt_path", "last"))
+    assert (run / "metrics.before-resume-1.csv").read_text() == history
+    assert json.loads((run / "retention.json").read_text())["accuracy_matrix"] == matrix
+
     # `test` on the checkpoint reproduces the last row and writes beside, not over, the fit's files.
     fit_config = (run / "config.yaml").read_text()
     main(["test", "--config", QUICKSTART, "--trainer.logger.init_args.save_dir", str(tmp_path),
