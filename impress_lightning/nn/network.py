@@ -26,22 +26,25 @@ class SupermaskNet(nn.Module):
         super().__init__()
         self.body = body
         self.cache_size = cache_size
-        self.layer_names = [n for n, m in body.named_modules() if isinstance(m, SupermaskLayer)]
-        self.bn_names = [n for n, m in body.named_modules() if isinstance(m, TaskBatchNorm)]
-        if not self.layer_names:
+        masked = [(n, m) for n, m in body.named_modules() if isinstance(m, SupermaskLayer)]
+        norms = [(n, m) for n, m in body.named_modules() if isinstance(m, TaskBatchNorm)]
+        if not masked:
             raise ValueError("the backbone has no SupermaskLayer; convert it with to_supermask() first")
+        self.layer_names, self.bn_names = [n for n, _ in masked], [n for n, _ in norms]
+        # Plain lists (not registered again): resolved once here rather than by walking the module tree on
+        # every forward. Device moves and state loading act on these same module objects in place.
+        self._layers: list[SupermaskLayer] = [m for _, m in masked]
+        self._batchnorms: list[TaskBatchNorm] = [m for _, m in norms]
         self._cache: OrderedDict[object, tuple[tuple, list[Tensor]]] = OrderedDict()
 
     @property
     def layers(self) -> list[SupermaskLayer]:
         """The masked layers, in registration order (the order of per-layer α rows)."""
-        modules = dict(self.body.named_modules())
-        return [modules[n] for n in self.layer_names]
+        return self._layers
 
     @property
     def batchnorms(self) -> list[TaskBatchNorm]:
-        modules = dict(self.body.named_modules())
-        return [modules[n] for n in self.bn_names]
+        return self._batchnorms
 
     @property
     def num_layers(self) -> int:
