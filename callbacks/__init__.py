@@ -1,10 +1,11 @@
-"""Lightning callbacks of impress-lightning (installed as the top-level ``callbacks`` package)."""
+"""Lightning callbacks of impress-lightning: this top-level ``callbacks/`` folder installs as
+``impress_lightning.callbacks`` (setuptools ``package-dir``), so it never shadows a user's own ``callbacks``."""
 
-from callbacks.freeze import FreezeImpressions
-from callbacks.reporting import LoggedSaveConfigCallback, report_retention
-from callbacks.retention import RetentionEvaluator
-from callbacks.task_checkpoint import TaskCheckpoint
-from callbacks.task_inference import TaskInferenceEvaluator
+from impress_lightning.callbacks.freeze import FreezeImpressions
+from impress_lightning.callbacks.reporting import LoggedSaveConfigCallback, report_retention
+from impress_lightning.callbacks.retention import RetentionEvaluator
+from impress_lightning.callbacks.task_checkpoint import TaskCheckpoint
+from impress_lightning.callbacks.task_inference import TaskInferenceEvaluator
 
 __all__ = ["FreezeImpressions", "LoggedSaveConfigCallback", "RetentionEvaluator", "TaskCheckpoint",
            "TaskInferenceEvaluator", "report_retention"]

@@ -7,10 +7,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 
 class FreezeImpressions(L.Callback):
-    """Freezes the supermask of each impression stage (a basis task) into every layer's impression bank.
+    """Freezes the supermask of each impression stage (a basis task) into every layer's impression bank, and
+    a combination task's coefficients at their stored precision.
 
-    It runs at the end of the stage's last epoch, before checkpointing and before ``RetentionEvaluator``
-    (list it first), so a checkpoint taken at a task boundary already holds the frozen mask.
+    It runs at the end of the stage's last epoch, before ``RetentionEvaluator`` and before checkpointing, so
+    a checkpoint taken at a task boundary already holds the frozen mask. ``ImpressLearnModule`` adds it (in
+    that order) when the trainer has none.
 
     Args:
         verbose: print a line per frozen impression.
@@ -21,9 +23,9 @@ class FreezeImpressions(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stage = pl_module.current_stage
-        if stage.kind != "impression" or trainer.current_epoch != stage.last_epoch:
+        if trainer.current_epoch != stage.last_epoch:
             return
-        pl_module.freeze_impression(stage)
-        if self.verbose:
+        pl_module.freeze_stage(stage)
+        if self.verbose and stage.kind == "impression":
             stored = sum(layer.bank.stored_bytes() for layer in pl_module.net.layers) // (stage.slot + 1)
             rank_zero_info(f"[impress] froze impression {stage.slot} (task {stage.task}): {stored} bytes bit-packed")

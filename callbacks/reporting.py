@@ -1,6 +1,6 @@
 """Send a run's retention results and its resolved config to every configured Lightning logger.
 
-After each task, :class:`callbacks.RetentionEvaluator` (rank zero) calls :func:`report_retention`, which gives
+After each task, :class:`impress_lightning.callbacks.RetentionEvaluator` (rank zero) calls :func:`report_retention`, which gives
 
 * every logger (W&B, TensorBoard, CSV, ...) the storage scalars ``storage/task_bytes``,
   ``storage/task_trainable_parameters`` and ``storage/total_bytes``;
@@ -9,8 +9,8 @@ After each task, :class:`callbacks.RetentionEvaluator` (rank zero) calls :func:`
   (``retention/accuracy_matrix_plot``, and ``retention/alpha_plot`` once a combination task is trained);
 * a :class:`~lightning.pytorch.loggers.TensorBoardLogger` the same images plus the matrix as a text table.
 
-Everything is logged at the step Lightning gives the task's ``retention/*`` scalars (:func:`logger_step`),
-so W&B's ``trainer/global_step`` axis and CSV's ``step`` column stay in order.
+Everything is logged at the step of the task's ``retention/*`` scalars (the last batch's step), so W&B's
+``trainer/global_step`` axis and CSV's ``step`` column stay in order.
 :class:`LoggedSaveConfigCallback` sends the resolved LightningCLI config to the loggers as hyperparameters
 (the W&B run config), besides writing ``config.yaml``.
 """
@@ -99,7 +99,8 @@ def retention_figures(summary: Mapping[str, Any], pl_module: L.LightningModule) 
     matrix = _required(summary, "accuracy_matrix")
     kinds = [pl_module.schedule.kind_of_task(t) for t in range(len(matrix[0]))]
     images = {ACCURACY_PLOT_KEY: figure_to_array(figure_accuracy_matrix(matrix, kinds))}
-    alphas = {t: pl_module.alphas[t] for t in range(len(matrix)) if kinds[t] == "combination"}
+    alphas = {t: pl_module.table.layer_summary(t, pl_module.bank_size) for t in range(len(matrix))
+              if kinds[t] == "combination"}
     if alphas:
         images[ALPHA_PLOT_KEY] = figure_to_array(figure_alpha(alphas))
     return images
@@ -128,18 +129,6 @@ def _to_tensorboard(logger: TensorBoardLogger, summary: Mapping[str, Any], image
     writer.add_text(STORAGE_TABLE_KEY, markdown_table(*storage_table(summary["tasks"])), global_step=step)
 
 
-def logger_step(trainer: L.Trainer) -> int:
-    """The step Lightning gives the loggers for this training epoch's epoch-end metrics.
-
-    Lightning logs at the count of batches that stepped (the last batch's step for epoch-end metrics such as
-    ``retention/*``), not at ``global_step``, which counts optimiser steps and runs ahead of it here (measured:
-    ``global_step`` 2 while the epoch's metrics carry step 1). Logging at the same step keeps every logger's
-    step axis in order.
-    """
-    stepped = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None)
-    return trainer.global_step if stepped is None else max(int(stepped) - 1, 0)
-
-
 def report_retention(trainer: L.Trainer, pl_module: L.LightningModule, summary: Mapping[str, Any],
                      plots: bool = True) -> None:
     """Send the retention ``summary`` (``RetentionEvaluator.summary``) to every logger in ``trainer.loggers``.
@@ -151,7 +140,9 @@ def report_retention(trainer: L.Trainer, pl_module: L.LightningModule, summary: 
         return
     _required(summary, "accuracy_matrix")
     tasks = _required(summary, "tasks")
-    step = logger_step(trainer)
+    # Lightning logs a training epoch's epoch-end metrics (retention/*) at its last batch's step, one behind
+    # global_step here (one optimiser step per batch): the same step keeps every logger's axis in order.
+    step = max(trainer.global_step - 1, 0)
     scalars = storage_scalars(tasks)
     wants_images = plots and any(isinstance(lg, (WandbLogger, TensorBoardLogger)) for lg in trainer.loggers)
     images = retention_figures(summary, pl_module) if wants_images else {}

@@ -13,8 +13,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
-from callbacks.reporting import report_retention
+from impress_lightning.callbacks.reporting import report_retention
 from impress_lightning.metrics import summarise
+from impress_lightning.stages import to_device
 
 
 def run_directory(trainer: L.Trainer, output_dir: str | None) -> Path:
@@ -42,21 +43,12 @@ def rank_shard(loader: DataLoader, trainer: L.Trainer) -> DataLoader:
                       num_workers=loader.num_workers)
 
 
-def transfer(batch: Any, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
-    """Move a batch to the module's device through the datamodule's transfer hooks (normalisation etc.)."""
-    dm = trainer.datamodule
-    if dm is not None:
-        batch = dm.on_before_batch_transfer(batch, 0)
-    batch = trainer.strategy.batch_to_device(batch)
-    return dm.on_after_batch_transfer(batch, 0) if dm is not None else batch
-
-
 @torch.no_grad()
 def evaluate_task(trainer: L.Trainer, pl_module: L.LightningModule, task: int, split: str) -> float:
     """Accuracy of finished ``task`` on its ``split`` loader, summed exactly over all ranks."""
     counts = torch.zeros(2, device=pl_module.device, dtype=torch.float64)
     for batch in rank_shard(trainer.datamodule.eval_dataloader(task, split), trainer):
-        x, y = transfer(batch, trainer, pl_module)
+        x, y = to_device(batch, trainer)
         counts[0] += (pl_module.predict_task(x, task) == y).sum()
         counts[1] += y.numel()
     counts = trainer.strategy.reduce(counts, reduce_op="sum")
@@ -121,14 +113,12 @@ class RetentionEvaluator(L.Callback):
         """The retention.json content for the rows filled so far."""
         seen = len(self.matrix)
         stats = summarise([row[:seen] for row in self.matrix])
-        tasks = []
-        for t in range(seen):
-            storage = pl_module.task_storage(t)
-            tasks.append({"task": t, "kind": pl_module.schedule.kind_of_task(t), "seconds": self.task_seconds[t],
-                          **storage})
+        tasks = [{"task": t, "kind": pl_module.schedule.kind_of_task(t), "seconds": self.task_seconds[t],
+                  **pl_module.task_storage(t), **pl_module.placement(t)} for t in range(seen)]
         return {"accuracy_matrix": self.matrix, "average_accuracy": stats["average_accuracy"], "bwt": stats["bwt"],
                 "forgetting": stats["forgetting"], "tasks": tasks, "split": self.split,
-                "impression_source": pl_module.schedule.source, "num_impressions": pl_module.schedule.bank_size}
+                "impression_source": pl_module.source, "num_impressions": pl_module.bank_size,
+                "total_stored_bytes": sum(task["stored_bytes"] for task in tasks)}
 
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, summary: dict[str, Any]) -> None:
         out = run_directory(trainer, self.output_dir)
@@ -141,7 +131,7 @@ class RetentionEvaluator(L.Callback):
 
         kinds = [pl_module.schedule.kind_of_task(t) for t in range(pl_module.num_tasks)]
         plot_accuracy_matrix(self.matrix, kinds, out / "retention.png")
-        alphas = {t: pl_module.alphas[t].detach().cpu().numpy() for t in range(len(self.matrix))
-                  if kinds[t] == "combination"}
+        alphas = {t: pl_module.table.layer_summary(t, pl_module.bank_size).cpu().numpy()
+                  for t in range(len(self.matrix)) if kinds[t] == "combination"}
         if alphas:
             plot_alpha(alphas, out / "alpha.png")

@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.retention import RetentionEvaluator
+from impress_lightning.callbacks.retention import RetentionEvaluator
 
 FIELDS = ("task", "kind", "acc", "epoch")
 

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from callbacks.retention import rank_shard, run_directory, transfer
+from impress_lightning.callbacks.retention import rank_shard, run_directory
+from impress_lightning.stages import to_device
 from impress_lightning.inference import InferenceTally, TaskInference, score_inference
 
 
@@ -74,7 +75,7 @@ class TaskInferenceEvaluator(L.Callback):
                 for i, batch in enumerate(rank_shard(loader, trainer)):
                     if self.max_batches is not None and i >= self.max_batches:
                         break
-                    x, y = transfer(batch, trainer, module)
+                    x, y = to_device(batch, trainer)
                     result = method.infer(module.net, x, coeffs, num_classes=module.num_classes, classify=classify)
                     tally = tally + score_inference(task, result.task, result.logits.argmax(1), y, shared_labels=shared)
                 counts = torch.tensor([tally.correct, tally.total, tally.task_hits, tally.task_trials],

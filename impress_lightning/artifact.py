@@ -1,13 +1,14 @@
-"""The task bank: the small file a user ships after training, and the model rebuilt from it.
+"""The task bank: the small file a user ships after training (this module only reads and writes it).
 
 A task bank keeps only what predictions need and nothing that can be regenerated. The frozen signed-constant
 weights are rebuilt from the backbone name and seed (a SHA-256 of their signs is stored to prove it); the
 impressions are the bank's bit-packed rows, exactly as stored; each learned task keeps its impression slot or
-its α, plus its BatchNorm statistics for conv nets. No scores, optimiser state or α of unfinished tasks.
+its coefficients (laid out by the combination rule, at its stored precision), plus its BatchNorm statistics
+for conv nets. No scores, optimiser state or coefficients of unfinished tasks.
 
     bank = TaskBank.from_module(module)  # every finished task (module.tasks_learned)
     bank.save("bank.pt")
-    model = TaskBank.load("bank.pt").build_model()
+    model = load_task_bank("bank.pt")    # impress_lightning.bank_model
     labels = model.predict(x, task=2)
 
 The file is a ``torch.save`` of plain tensors, lists, strings and numbers, read with ``weights_only=True``.
@@ -28,14 +29,14 @@ import torch
 from torch import Tensor
 
 import impress_lightning
-from impress_lightning.nn import SupermaskNet, pack_bits, packed_size
+from impress_lightning.nn import CombinationRule, SupermaskNet, coefficients, pack_bits, packed_size
+from impress_lightning.tasks import TaskTable
 
 if TYPE_CHECKING:
-    from impress_lightning.bank_model import TaskBankModel
     from impress_lightning.module import ImpressLearnModule
 
 FORMAT = "impress-lightning-task-bank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class ArtifactError(ValueError):
@@ -62,6 +63,20 @@ def _extra_state(net: SupermaskNet) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in net.body.state_dict().items() if k not in covered}
 
 
+def rule_to_dict(rule: CombinationRule) -> dict[str, Any]:
+    """The combination rule as plain data: its class name and arguments."""
+    return {"name": type(rule).__name__, "args": {k: list(v) if isinstance(v, tuple) else v
+                                                 for k, v in vars(rule).items()}}
+
+
+def rule_from_dict(data: dict[str, Any]) -> CombinationRule:
+    """Inverse of :func:`rule_to_dict` (only this package's rules are ever built)."""
+    cls = getattr(coefficients, str(data.get("name")), None)
+    if not (isinstance(cls, type) and issubclass(cls, CombinationRule)):
+        raise ArtifactError(f"the bank's combination rule {data.get('name')!r} is not one of this impress-lightning's")
+    return cls(**data.get("args", {}))
+
+
 @dataclass
 class TaskBank:
     """Everything needed to predict every learned task; see the module docstring and docs/export.md."""
@@ -72,14 +87,18 @@ class TaskBank:
     extra_outputs: int
     seed: int
     num_tasks: int  # tasks in the stream (BatchNorm rows of the rebuilt model)
-    source: str  # impression source: heterogeneous | homogeneous | random | supsup
+    source: str  # impression source: heterogeneous | homogeneous | random | supsup | adaptive
     layer_names: list[str]
     layer_shapes: list[list[int]]
     weight_sha256: str
     masks: Tensor  # uint8 [K, Σ_l ceil(numel_l / 8)]: row k = impression k, every layer's packed bytes in order
-    tasks: list[int]  # learned task ids
+    tasks: list[int]  # learned task ids (0 .. len - 1)
     slots: list[int]  # per learned task: its bank slot, or -1 for a combination task
-    alpha: Tensor  # float [number of combination tasks, *α shape], in the order they appear in ``tasks``
+    combination: dict[str, Any]  # the combination rule: {"name": class name, "args": {...}}
+    mask_counts: list[int]  # per learned task: how many bank masks its coefficients cover (0 for impressions)
+    # float32/float16 [number of combination tasks, D]: each task's flat coefficient vector laid out by the
+    # rule over ``num_impressions`` masks, in the order the tasks appear in ``tasks``
+    coefficients: Tensor
     bn_names: list[str] = field(default_factory=list)
     bn_features: list[int] = field(default_factory=list)
     bn_stats: Tensor | None = None  # float [len(tasks), Σ_b 2·C_b]: per BN layer its running mean, then var
@@ -107,15 +126,23 @@ class TaskBank:
         tasks = list(range(min(num_learned, module.num_tasks)))
         if not tasks:
             raise ArtifactError("no task is finished yet: train at least one task (or export a later checkpoint)")
-        count = len(net.layers[0].bank)
-        slots = [module.schedule.impression_slot_of_task(t) for t in tasks]
+        count, table = module.bank_size, module.table
+        slots = [table.slot_of(t) for t in tasks]
         missing = [t for t, s in zip(tasks, slots) if s is not None and s >= count]
         if missing:
             raise ArtifactError(f"tasks {missing} are finished but their impressions are not in the bank: the run "
-                                "lacked callbacks.FreezeImpressions")
+                                "lacked FreezeImpressions")
         combos = [t for t, s in zip(tasks, slots) if s is None]
-        alpha = torch.stack([module.alphas[t].detach().cpu().clone() for t in combos]) if combos else \
-            torch.zeros(0)
+        packed = TaskTable([-1] * len(combos), count, table.rule, table.weight_shapes)
+        with torch.no_grad():
+            for row, task in enumerate(combos):
+                used = int(table.mask_count[task])
+                for dst, src in zip(packed.layer_views(packed.coefficients[row], used),
+                                    table.layer_views(table.coefficients[task], used)):
+                    dst.copy_(src)
+        dtype = torch.float16 if table.rule.precision == "float16" else torch.float32
+        coeffs = torch.stack([p.detach().cpu().to(dtype) for p in packed.coefficients]) if combos else \
+            torch.zeros(0, packed.size, dtype=dtype)
         masks = torch.cat([layer.bank.packed[:count].detach().cpu() for layer in net.layers], dim=1)
         bn_stats = None
         if net.bn_names:
@@ -124,9 +151,11 @@ class TaskBank:
         bank = cls(
             backbone=hp.backbone, input_shape=[int(v) for v in hp.input_shape], num_classes=int(hp.num_classes),
             extra_outputs=int(hp.extra_outputs), seed=int(hp.seed), num_tasks=int(hp.num_tasks),
-            source=module.schedule.source, layer_names=list(net.layer_names),
+            source=module.source, layer_names=list(net.layer_names),
             layer_shapes=[list(layer.weight.shape) for layer in net.layers], weight_sha256=weight_digest(net),
-            masks=masks, tasks=tasks, slots=[-1 if s is None else s for s in slots], alpha=alpha,
+            masks=masks, tasks=tasks, slots=[-1 if s is None else s for s in slots],
+            combination=rule_to_dict(table.rule), coefficients=coeffs,
+            mask_counts=[int(table.mask_count[t]) if s is None else 0 for t, s in zip(tasks, slots)],
             bn_names=list(net.bn_names), bn_features=[bn.num_features for bn in net.batchnorms], bn_stats=bn_stats,
             extra_state=_extra_state(net),
             normalization=None if normalization is None else {k: [float(v) for v in normalization[k]]
@@ -143,8 +172,9 @@ class TaskBank:
                 self.masks.shape[1] != sum(packed_size(n) for n in numels):
             raise ArtifactError(f"masks must be uint8 [K, {sum(packed_size(n) for n in numels)}], got "
                                 f"{self.masks.dtype} {tuple(self.masks.shape)}")
-        if len(self.slots) != len(self.tasks) or self.alpha.shape[0] != self.slots.count(-1):
-            raise ArtifactError("tasks, slots and alpha disagree: the file is damaged")
+        if len(self.slots) != len(self.tasks) or self.coefficients.shape[0] != self.slots.count(-1) or \
+                len(self.mask_counts) != len(self.tasks) or self.tasks != list(range(len(self.tasks))):
+            raise ArtifactError("tasks, slots and coefficients disagree: the file is damaged")
         if self.normalization is not None and (
                 len(self.normalization["mean"]) != len(self.normalization["std"])
                 or len(self.normalization["mean"]) not in (1, self.input_shape[0])):
@@ -166,12 +196,12 @@ class TaskBank:
         return len(self.tasks) * sum(packed_size(math.prod(s)) for s in self.layer_shapes)
 
     def sizes(self, file_bytes: int | None = None) -> dict[str, int]:
-        """Byte breakdown: masks, alpha, batchnorm, other (extra backbone state), metadata, total.
+        """Byte breakdown: masks, coefficients, batchnorm, other (extra backbone state), metadata, total.
 
         ``file_bytes`` is the saved file's size; without it the bank is serialised in memory to measure it.
         """
         total = len(self.to_bytes()) if file_bytes is None else file_bytes
-        parts = {"masks": self.masks.nbytes, "alpha": self.alpha.nbytes,
+        parts = {"masks": self.masks.nbytes, "coefficients": self.coefficients.nbytes,
                  "batchnorm": 0 if self.bn_stats is None else self.bn_stats.nbytes,
                  "other": sum(t.nbytes for t in self.extra_state.values())}
         return {**parts, "metadata": total - sum(parts.values()), "total": total}
@@ -235,9 +265,3 @@ class TaskBank:
         bank = cls(**{k: v for k, v in data.items() if k in names})
         bank.validate()
         return bank
-
-    def build_model(self, cache_size: int = 2) -> TaskBankModel:
-        """The inference model of this bank (CPU, eval mode)."""
-        from impress_lightning.bank_model import TaskBankModel  # the model module imports this one
-
-        return TaskBankModel(self, cache_size)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from impress_lightning.artifact import ArtifactError, TaskBank, weight_digest
+from impress_lightning.artifact import ArtifactError, TaskBank, rule_from_dict, weight_digest
 from impress_lightning.backbones import build_backbone
-from impress_lightning.nn import Combine, Impression, SupermaskNet, packed_size
+from impress_lightning.nn import Selection, SupermaskNet, packed_size
+from impress_lightning.tasks import TaskTable
 
 if TYPE_CHECKING:
     from impress_lightning.inference import InferenceResult, TaskInference
@@ -40,10 +42,15 @@ class TaskBankModel(nn.Module):
                                 f"{torch.__version__} vs {bank.producer.get('torch')}): use the versions that "
                                 "wrote the bank")
         self._load_state(bank)
-        self.slot = dict(zip(bank.tasks, bank.slots))
-        combos = [t for t, s in zip(bank.tasks, bank.slots) if s < 0]
-        self.alpha_row = {t: i for i, t in enumerate(combos)}
-        self.register_buffer("alpha", bank.alpha.clone())
+        self.table = TaskTable(bank.slots, bank.num_impressions, rule_from_dict(bank.combination),
+                               [layer.weight.shape for layer in self.net.layers])
+        with torch.no_grad():
+            combos = [t for t, s in zip(bank.tasks, bank.slots) if s < 0]
+            for row, task in enumerate(combos):
+                self.table.coefficients[task].copy_(bank.coefficients[row].float())
+            self.table.mask_count.copy_(torch.tensor(bank.mask_counts))
+            self.table.num_learned.fill_(len(bank.tasks))
+        self.table.requires_grad_(False)
         self.eval()
 
     @torch.no_grad()
@@ -69,14 +76,13 @@ class TaskBankModel(nn.Module):
 
     def check_task(self, task: int) -> None:
         """Raise a one-line error unless ``task`` is a learned task of this bank."""
-        if task not in self.slot:
+        if task not in self.tasks:
             raise ArtifactError(f"task {task} is not in this bank: choose one of the learned tasks {self.tasks}")
 
-    def selection(self, task: int) -> Impression | Combine:
-        """The frozen weights of learned ``task``: its impression slot or its α combination."""
+    def selection(self, task: int) -> Selection:
+        """The frozen weights of learned ``task``: its impression slot or its combination."""
         self.check_task(task)
-        slot = self.slot[task]
-        return Impression(slot) if slot >= 0 else Combine(self.alpha[self.alpha_row[task]])
+        return self.table.selection(task)
 
     def forward(self, x: Tensor, task: int) -> Tensor:
         """Logits (all head outputs) of learned ``task`` for the normalised batch ``x``."""
@@ -91,15 +97,17 @@ class TaskBankModel(nn.Module):
         """Output index -> dataset label of ``task`` (None when the bank has no label maps)."""
         return None if self.bank.label_maps is None else self.bank.label_maps[task]
 
-    def task_coeffs(self) -> Tensor:
-        """Coefficients of every learned task over the bank slots (one-hot rows for impression tasks),
-        ``[T, L, K]`` (or ``[T, K]`` for global α): the input of task inference."""
-        eye = torch.eye(self.bank.num_impressions, device=self.alpha.device)
-        shape = eye.shape[1:] if self.alpha.dim() == 2 else (self.net.num_layers, eye.shape[0])
-        return torch.stack([eye[self.slot[t]].expand(shape) if self.slot[t] >= 0 else self.alpha[self.alpha_row[t]]
-                            for t in self.tasks])
+    def task_coeffs(self) -> tuple[Tensor, ...]:
+        """K-space coefficients of every learned task over the bank slots (the task table's convention):
+        the input of task inference."""
+        return self.table.kspace_rows(len(self.tasks), self.bank.num_impressions)
 
     def infer(self, x: Tensor, inference: TaskInference) -> InferenceResult:
         """Infer the task of batch ``x`` among the learned tasks and classify it (see impress_lightning.inference)."""
         return inference.infer(self.net, x, self.task_coeffs(), num_classes=self.num_classes, task_ids=self.tasks,
                                classify=lambda batch, task: self(batch, task))
+
+
+def load_task_bank(path: str | os.PathLike, cache_size: int = 2) -> TaskBankModel:
+    """The inference model of the task bank file ``path`` (CPU, eval mode)."""
+    return TaskBankModel(TaskBank.load(path), cache_size)

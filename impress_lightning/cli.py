@@ -15,7 +15,8 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks import FreezeImpressions, LoggedSaveConfigCallback, RetentionEvaluator
+from impress_lightning.callbacks import FreezeImpressions, LoggedSaveConfigCallback, RetentionEvaluator
+from impress_lightning.commands import TOOL_MODULES, TRAINER_COMMANDS, top_level_help
 from impress_lightning.data import TaskSequenceDataModule
 from impress_lightning.module import ImpressLearnModule
 
@@ -23,6 +24,11 @@ from impress_lightning.module import ImpressLearnModule
 class ImpressLightningCLI(LightningCLI):
     """LightningCLI that links what the model needs from the data (never typed twice), always adds the
     impression-freezing and retention callbacks, and sizes the trainer from the task schedule."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test (Lightning's ``predict`` is replaced by this package's ``predict`` tool)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in TRAINER_COMMANDS}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(FreezeImpressions, "freeze_impressions")
@@ -92,21 +98,23 @@ class ImpressLightningCLI(LightningCLI):
         self._size_trainer()
 
 
-# Subcommands that are not Trainer methods: each module has its own `main(args)` with its own --help.
-TOOL_COMMANDS = {"export": "impress_lightning.tools.export", "predict": "impress_lightning.tools.predict"}
-
-
 def main(args: list[str] | None = None) -> ImpressLightningCLI | None:
-    """Console-script entry point: ``fit | validate | test`` through LightningCLI, ``export | predict`` tools."""
+    """Console-script entry point: ``fit | validate | test`` through LightningCLI, ``export | predict`` tools.
+
+    ``args`` defaults to the command line (``sys.argv[1:]``).
+    """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in TOOL_COMMANDS:
-        importlib.import_module(TOOL_COMMANDS[argv[0]]).main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_level_help())
+        return None
+    if argv[0] in TOOL_MODULES:
+        importlib.import_module(TOOL_MODULES[argv[0]]).main(argv[1:])
         return None
     return ImpressLightningCLI(
         ImpressLearnModule,
         TaskSequenceDataModule,
         subclass_mode_data=True,
-        args=argv,
+        args=args,  # None: LightningCLI reads sys.argv itself (passing both makes it warn)
         auto_configure_optimizers=False,
         # The run directory is fixed per config so `--ckpt_path last` finds it; _protect_run_directory
         # keeps a fresh run from overwriting an earlier one.

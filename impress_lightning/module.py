@@ -2,26 +2,39 @@
 
 Run: ``impress-lightning fit --config configs/quickstart.yaml``
 
-Impression stages learn a supermask (scores, straight-through top-k); callbacks.FreezeImpressions freezes it
-into the bit-packed bank at the end of the stage. Combination stages learn only α. Nothing a finished task
-uses is ever written again, so earlier tasks keep their exact outputs.
+Impression stages learn a supermask (scores, straight-through mask rule); at the end of the stage
+``FreezeImpressions`` freezes it into the bit-packed bank. Combination stages learn only the task's
+coefficients in the task table. Nothing a finished task uses is ever written again, so earlier tasks keep
+their exact outputs. The module trains; what a task *is* lives in :class:`~impress_lightning.tasks.TaskTable`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
 
 from impress_lightning.backbones import build_backbone
 from impress_lightning.metrics import task_accuracy
-from impress_lightning.nn import Combine, Impression, LearnMask, Selection, SupermaskNet, Threshold, TopK
-from impress_lightning.schedule import ImpressionSource, Stage, TaskSchedule
+from impress_lightning.nn import (
+    CombinationRule, Global, LearnMask, MaskRule, PerLayer, PerNeuron, Selection, SupermaskNet, Threshold, TopK,
+)
+from impress_lightning.placement import AdaptiveBank
+from impress_lightning.schedule import IMPRESSION_SOURCES, ImpressionSource, Stage, TaskSchedule
+from impress_lightning.tasks import TaskTable, plan_slots
+
+AlphaStart = Literal["best_impression", "uniform"]
+ALPHA_STARTS: tuple[str, ...] = get_args(AlphaStart)
+
+# Modules built in Python keep these objects in their hyper-parameters; allowing them keeps
+# ``load_from_checkpoint(weights_only=True)`` working (LightningCLI runs store plain config dicts instead).
+torch.serialization.add_safe_globals([TopK, Threshold, PerLayer, Global, PerNeuron, AdaptiveBank])
 
 
 class ImpressLearnModule(L.LightningModule):
@@ -32,22 +45,29 @@ class ImpressLearnModule(L.LightningModule):
         num_tasks: tasks in the stream (linked from the datamodule).
         num_classes: labelled outputs per task (linked from the datamodule).
         input_shape: (C, H, W) of one example (linked from the datamodule).
-        num_impressions: K, the number of impressions (ignored for impression_source="supsup").
-        impression_source: "heterogeneous" (first K tasks), "homogeneous" (K seeds of task 0), "random"
+        num_impressions: K, the number of impressions (heterogeneous: the first K tasks unless
+            ``impression_tasks`` names them; ignored for "supsup" and with ``adaptive_bank``).
+        impression_source: "heterogeneous" (tasks of the stream), "homogeneous" (K seeds of task 0), "random"
             (untrained random masks), or "supsup" (a dedicated mask for every task: the baseline).
-        alpha_granularity: "layer" (L×K coefficients per task) or "global" (K per task).
-        density: fraction of weights each impression keeps per layer (top-k rule).
-        er_scale: if set, per-layer densities follow the ER rule with this knob instead of ``density``.
-        mask_rule: "topk" (impressions, default) or "threshold" (SupSup's scores >= 0 rule).
+        impression_tasks: heterogeneous only: the tasks that learn impressions (must include 0); default the
+            first ``num_impressions`` tasks.
+        adaptive_bank: heterogeneous only: grow the bank while the stream needs it (``impression_tasks`` are
+            then the tasks that are impressions regardless, default [0]).
+        combination: how each layer's coefficients are shaped (``PerLayer``, ``Global``, ``PerNeuron``);
+            default ``PerNeuron(layers=[-2, -1])``.
+        mask_rule: how scores become masks (``TopK``, ``Threshold``); default ``TopK(density=0.5)``.
+        alpha_start: "best_impression" (one-hot on the stored impression that scores best on the task's
+            probe examples) or "uniform" (1/K on every impression, the research code's start).
         impression_epochs: epochs per impression stage.
         combination_epochs: epochs per combination task.
-        mask_optimizer: optimiser for mask scores; default Adam(lr=1e-3).
-        alpha_optimizer: optimiser for α; default Adam(lr=1e-2, weight_decay=1e-2).
+        mask_optimizer: optimiser for mask scores; default Adam(lr=1e-2).
+        alpha_optimizer: optimiser for α; default Adam(lr=1e-2, weight_decay=1e-4).
         cosine_schedule: cosine-anneal the learning rate to 0 within each stage.
-        alpha_regularization: λ of λ·Σ_l (‖α_l‖₁ − 1)².
+        alpha_regularization: λ of λ·Σ_rows (‖α_row‖₁ − 1)².
         extra_outputs: never-labelled head outputs (for the "superfluous neurons" task-inference objective).
         seed: backbone, score and random-mask seed; the same on every process.
         eval_cache_size: finished tasks whose combined weights stay materialised for evaluation.
+        probe_batches: batches of a task's probe examples used to score the stored impressions (one-hot start).
     """
 
     def __init__(
@@ -58,10 +78,11 @@ class ImpressLearnModule(L.LightningModule):
         input_shape: Sequence[int] = (1, 28, 28),
         num_impressions: int = 3,
         impression_source: ImpressionSource = "heterogeneous",
-        alpha_granularity: Literal["layer", "global"] = "layer",
-        density: float = 0.1,
-        er_scale: float | None = None,
-        mask_rule: Literal["topk", "threshold"] = "topk",
+        impression_tasks: list[int] | None = None,
+        adaptive_bank: AdaptiveBank | None = None,
+        combination: CombinationRule | None = None,
+        mask_rule: MaskRule | None = None,
+        alpha_start: AlphaStart = "best_impression",
         impression_epochs: int = 1,
         combination_epochs: int = 1,
         mask_optimizer: OptimizerCallable | None = None,
@@ -71,60 +92,76 @@ class ImpressLearnModule(L.LightningModule):
         extra_outputs: int = 0,
         seed: int = 0,
         eval_cache_size: int = 2,
+        probe_batches: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["mask_optimizer", "alpha_optimizer"])
         self.automatic_optimization = False  # two optimisers of fixed structure; the stage picks one
-        self.schedule = TaskSchedule(num_tasks, num_impressions, impression_source, impression_epochs,
-                                     combination_epochs)
+        _check_config(impression_source, num_tasks, num_impressions, impression_tasks, adaptive_bank, alpha_start)
         self.num_tasks, self.num_classes = num_tasks, num_classes
-        self.rule = Threshold() if mask_rule == "threshold" else TopK(density, er_scale)
+        self.rule = mask_rule or TopK()
+        self.adaptive_bank = adaptive_bank
+        slots = plan_slots(impression_source, num_tasks, num_impressions,
+                           [0] if adaptive_bank and impression_tasks is None else impression_tasks,
+                           adaptive=adaptive_bank is not None)
+        capacity = (num_tasks if impression_source == "supsup" else adaptive_bank.max_impressions if adaptive_bank
+                    else num_impressions)
         self.net = SupermaskNet(
-            build_backbone(backbone, tuple(input_shape), num_classes + extra_outputs,
-                           bank_capacity=self.schedule.bank_size, num_tasks=num_tasks, seed=seed),
+            build_backbone(backbone, tuple(input_shape), num_classes + extra_outputs, bank_capacity=capacity,
+                           num_tasks=num_tasks, seed=seed),
             cache_size=eval_cache_size)
-        k = self.schedule.bank_size
-        shape = (self.net.num_layers, k) if alpha_granularity == "layer" else (k,)
-        # Every parameter that will ever train exists and requires grad from the start (DDP-safe); the
-        # optimiser only ever gives gradients to the current stage's ones.
-        self.alphas = nn.ParameterList([nn.Parameter(torch.full(shape, 1.0 / max(k, 1))) for _ in range(num_tasks)])
+        self.table = TaskTable(slots, capacity, combination or PerNeuron(),
+                               [layer.weight.shape for layer in self.net.layers])
+        self.homogeneous = num_impressions if impression_source == "homogeneous" else 0
         self.mask_optimizer, self.alpha_optimizer = mask_optimizer, alpha_optimizer
-        # How many tasks are finished: state, so `test` / export on a checkpoint know which tasks exist.
-        self.register_buffer("tasks_learned", torch.zeros((), dtype=torch.long))
         self.train_acc, self.val_acc = task_accuracy(num_classes), task_accuracy(num_classes)
+        self._schedule: TaskSchedule | None = None
 
-    # ----- what a task is --------------------------------------------------------------------------------
+    # ----- the stream ------------------------------------------------------------------------------------
+    @property
+    def schedule(self) -> TaskSchedule:
+        """The task schedule of the config and the placement decisions recorded so far."""
+        slots = self.table.slot_list()
+        if self._schedule is None or self._schedule.task_slots != slots:
+            hp = self.hparams
+            self._schedule = TaskSchedule(slots, hp.impression_epochs, hp.combination_epochs, self.homogeneous)
+        return self._schedule
+
+    @property
+    def source(self) -> str:
+        """Where the impressions come from: the config's impression_source ("adaptive" with an adaptive bank)."""
+        return "adaptive" if self.adaptive_bank is not None else self.hparams.impression_source
+
+    @property
+    def tasks_learned(self) -> Tensor:
+        """How many tasks are finished (state: ``test`` and export on a checkpoint know which tasks exist)."""
+        return self.table.num_learned
+
     @property
     def current_stage(self) -> Stage:
         return self.schedule.stage_of_epoch(self.trainer.current_epoch)
 
-    def task_selection(self, task: int) -> Selection:
-        """The frozen weights of a finished ``task``: its impression or its α combination."""
-        slot = self.schedule.impression_slot_of_task(task)
-        if slot is not None:
-            if len(self.net.layers[0].bank) <= slot:
-                raise RuntimeError(f"task {task}'s impression is not frozen yet: add callbacks.FreezeImpressions "
-                                   "to the trainer's callbacks (before RetentionEvaluator)")
-            return Impression(slot)
-        return Combine(self.alphas[task])
+    @property
+    def bank_size(self) -> int:
+        """Masks stored in every layer's bank so far."""
+        return len(self.net.layers[0].bank)
 
-    def task_coefficients(self, num_tasks: int | None = None) -> Tensor:
-        """Coefficients ``[T, L, n]`` of the first ``num_tasks`` tasks (default: the finished ones) over the
-        n masks stored so far: one-hot rows for impression tasks, α (broadcast to every layer if global)
-        otherwise. (Combination tasks only exist once all K impressions are stored, so their α has size n.)"""
+    def task_selection(self, task: int) -> Selection:
+        """The frozen weights of a finished ``task``: its impression or its combination."""
+        slot = self.table.slot_of(task)
+        if slot is not None and self.bank_size <= slot:
+            raise RuntimeError(f"task {task}'s impression is not frozen yet: add FreezeImpressions to the "
+                               "trainer's callbacks (before RetentionEvaluator)")
+        return self.table.selection(task)
+
+    def task_coefficients(self, num_tasks: int | None = None) -> tuple[Tensor, ...]:
+        """K-space rows (per masked layer ``[T, ..., n]``) of the first ``num_tasks`` tasks (default: the
+        finished ones) over the n masks stored so far; see :meth:`TaskTable.kspace_rows`."""
         count = int(self.tasks_learned) if num_tasks is None else num_tasks
-        n, layers = len(self.net.layers[0].bank), self.net.num_layers
-        rows = []
-        for task in range(count):
-            slot = self.schedule.impression_slot_of_task(task)
-            if slot is not None:
-                rows.append(torch.nn.functional.one_hot(torch.tensor(slot), n).float().expand(layers, n))
-            else:
-                rows.append(self.alphas[task].detach().cpu().expand(layers, n))
-        return torch.stack(rows).to(self.device) if rows else torch.zeros(0, layers, n, device=self.device)
+        return self.table.kspace_rows(count, self.bank_size)
 
     def training_selection(self, stage: Stage) -> Selection:
-        return LearnMask(self.rule) if stage.kind == "impression" else Combine(self.alphas[stage.task])
+        return LearnMask(self.rule) if stage.kind == "impression" else self.table.selection(stage.task)
 
     def forward(self, x: Tensor, task: int) -> Tensor:
         """Logits of a finished ``task`` (cached combined weights when no gradient is recorded)."""
@@ -134,11 +171,18 @@ class ImpressLearnModule(L.LightningModule):
         """Predicted labels (argmax over the labelled outputs) of finished ``task``."""
         return self(x, task)[:, : self.num_classes].argmax(dim=1)
 
-    # ----- stage boundaries ------------------------------------------------------------------------------
+    # ----- set-up ----------------------------------------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The callbacks the algorithm cannot run without, in the order they must run: ``FreezeImpressions``
+        then ``RetentionEvaluator`` (the trainer's own instances where it has them, with their settings)."""
+        from impress_lightning.callbacks.ordering import stream_callbacks
+
+        return stream_callbacks(self.trainer.callbacks if self._trainer is not None else [])
+
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "follow_schedule"):
-            dm.follow_schedule(self.schedule.task_of_epoch)
+            dm.follow_schedule(lambda epoch: self.schedule.task_of_epoch(epoch))
         if stage == "fit":
             if self.trainer.max_epochs != self.schedule.total_epochs:
                 raise ValueError(f"trainer.max_epochs={self.trainer.max_epochs} but the task schedule has "
@@ -148,33 +192,33 @@ class ImpressLearnModule(L.LightningModule):
                 raise ValueError("set trainer.reload_dataloaders_every_n_epochs=1: each epoch's task decides its loader")
 
     def on_fit_start(self) -> None:
-        if self.schedule.source == "random" and len(self.net.layers[0].bank) == 0:
+        if self.hparams.impression_source == "random" and self.bank_size == 0:
             self.fill_random_impressions()
 
     def fill_random_impressions(self) -> None:
         """Bank K never-trained random masks at the rule's density (seeded: identical on every process)."""
-        for slot in range(self.schedule.bank_size):
+        for slot in range(self.table.capacity):
             for i, layer in enumerate(self.net.layers):
                 layer.reset_scores(self.hparams.seed * 7919 + slot * 131 + i + 1)
                 layer.bank.add(self.rule(layer.scores).detach())
 
+    # ----- stage boundaries ------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         stage = self.current_stage
         if self.trainer.current_epoch != stage.first_epoch:
             return
-        if stage.kind == "impression":
-            for i, layer in enumerate(self.net.layers):
-                layer.reset_scores(self.hparams.seed * 1_000_003 + stage.index * 1009 + i)
-        elif len(self.net.layers[0].bank) < self.schedule.bank_size:
-            raise RuntimeError(f"stage {stage.index} combines {self.schedule.bank_size} impressions but the bank "
-                               f"holds {len(self.net.layers[0].bank)}: add callbacks.FreezeImpressions")
+        from impress_lightning.stages import start_stage  # the placement and start rules of a new stage
+
+        start_stage(self, stage)
         if stage.index > 0:
             self.trainer.strategy.setup_optimizers(self.trainer)  # fresh optimiser state for every task
 
     def on_train_epoch_end(self) -> None:
         stage = self.current_stage
         if self.trainer.current_epoch == stage.last_epoch and stage.completes_task:
-            self.tasks_learned.fill_(stage.task + 1)
+            self.table.num_learned.fill_(stage.task + 1)
+            if stage.task == self.num_tasks - 1:
+                self.trainer.should_stop = True  # an adaptive schedule's max_epochs is only an upper bound
 
     def on_train_batch_end(self, outputs: Tensor, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.sync_task_statistics(self.current_stage.task)
@@ -194,8 +238,12 @@ class ImpressLearnModule(L.LightningModule):
             for row, value in zip(rows, mean.split([row.numel() for row in rows])):
                 row.copy_(value)
 
-    def freeze_impression(self, stage: Stage) -> None:
-        """Freeze the mask learned in impression ``stage`` into bank slot ``stage.slot`` of every layer."""
+    def freeze_stage(self, stage: Stage) -> None:
+        """Freeze what ``stage`` learned: its mask into bank slot ``stage.slot`` of every layer, or its
+        coefficients at their stored precision."""
+        if stage.kind == "combination":
+            self.table.finish(stage.task)
+            return
         for layer in self.net.layers:
             if len(layer.bank) != stage.slot:
                 raise RuntimeError(f"bank holds {len(layer.bank)} masks, expected {stage.slot} before freezing")
@@ -204,25 +252,22 @@ class ImpressLearnModule(L.LightningModule):
     # ----- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         scores = [layer.scores for layer in self.net.layers]
-        mask_opt = (self.mask_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-3)))(scores)
-        alpha_opt = (self.alpha_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2)))(
-            list(self.alphas))
-        for opt in (mask_opt, alpha_opt):
-            for group in opt.param_groups:
-                group.setdefault("initial_lr", group["lr"])
-        return [mask_opt, alpha_opt]
+        mask_opt = (self.mask_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-2)))(scores)
+        alpha_opt = (self.alpha_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-4)))(
+            list(self.table.coefficients))
+        # The stage's cosine goes through Lightning's scheduler API (LearningRateMonitor sees it); both are
+        # re-created with the optimisers at every stage boundary.
+        return [mask_opt, alpha_opt], [LambdaLR(opt, self.stage_lr_factor) for opt in (mask_opt, alpha_opt)]
 
-    def _stage_lr_factor(self, stage: Stage, batch_idx: int) -> float:
-        if not self.hparams.cosine_schedule:
+    def stage_lr_factor(self, step: int) -> float:
+        """Learning-rate factor ``step`` optimiser steps into the current stage (cosine to 0, or 1)."""
+        if not self.hparams.cosine_schedule or self._trainer is None:
             return 1.0
-        per_epoch = max(1, int(self.trainer.num_training_batches))
-        done = (self.trainer.current_epoch - stage.first_epoch) * per_epoch + batch_idx
-        return 0.5 * (1.0 + math.cos(math.pi * done / (stage.epochs * per_epoch)))
-
-    def alpha_penalty(self, alpha: Tensor) -> Tensor:
-        """λ·Σ_l (‖α_l‖₁ − 1)²."""
-        rows = alpha if alpha.dim() == 2 else alpha.unsqueeze(0)
-        return self.hparams.alpha_regularization * ((rows.abs().sum(dim=1) - 1.0) ** 2).sum()
+        per_epoch = self.trainer.num_training_batches
+        if not math.isfinite(per_epoch) or per_epoch < 1:
+            return 1.0  # before the stage's loader exists (the scheduler's first call)
+        total = self.current_stage.epochs * int(per_epoch)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -230,14 +275,13 @@ class ImpressLearnModule(L.LightningModule):
         logits = self.net(x, self.training_selection(stage), bn_task=stage.task)
         loss = F.cross_entropy(logits, y)
         if stage.kind == "combination":
-            loss = loss + self.alpha_penalty(self.alphas[stage.task])
-        opt = self.optimizers()[0 if stage.kind == "impression" else 1]
-        factor = self._stage_lr_factor(stage, batch_idx)
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+            loss = loss + self.hparams.alpha_regularization * self.table.penalty(stage.task)
+        active = 0 if stage.kind == "impression" else 1
+        opt, scheduler = self.optimizers()[active], self.lr_schedulers()[active]
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
+        scheduler.step()
         self.train_acc(logits[:, : self.num_classes].detach(), y)
         self.log_dict({"train/loss": loss.detach(), "train/acc": self.train_acc, "task": float(stage.task)},
                       prog_bar=True, on_step=True, on_epoch=False)
@@ -257,13 +301,40 @@ class ImpressLearnModule(L.LightningModule):
         acc = (self.predict_task(x, dataloader_idx) == y).float().mean()
         self.log(f"test/acc_task{dataloader_idx:02d}", acc, add_dataloader_idx=False, batch_size=len(y))
 
+    def placement(self, task: int) -> dict[str, object]:
+        """Why ``task`` is what it is (retention.json): the decision's reason and the best stored impression's
+        probe accuracy (None when nothing was probed)."""
+        from impress_lightning.placement import placement_reason
+
+        probe = float(self.table.probe_accuracy[task])
+        kind = self.schedule.kind_of_task(task)
+        before = sum(1 for t in range(task) if self.table.slot_of(t) is not None)
+        return {"placement": placement_reason(kind, probe, self.adaptive_bank, before),
+                "best_impression_probe_accuracy": None if probe < 0 else probe}
+
     # ----- storage ---------------------------------------------------------------------------------------
     def task_storage(self, task: int) -> dict[str, int]:
         """What ``task`` stores: trainable parameters while it learned, bytes kept afterwards (BN separately)."""
         bn_bytes = sum(2 * bn.num_features * 4 for bn in self.net.batchnorms)
-        if self.schedule.kind_of_task(task) == "impression":
-            masks = sum(layer.bank.numel for layer in self.net.layers)
-            return {"trainable_parameters": masks, "stored_bytes": sum((n + 7) // 8 for n in
-                    (layer.bank.numel for layer in self.net.layers)), "bn_bytes": bn_bytes}
-        n = self.alphas[task].numel()
-        return {"trainable_parameters": n, "stored_bytes": 4 * n, "bn_bytes": bn_bytes}
+        return {**self.table.storage(task, [layer.bank.numel for layer in self.net.layers]), "bn_bytes": bn_bytes}
+
+
+def _check_config(source: str, num_tasks: int, num_impressions: int, impression_tasks: list[int] | None,
+                  adaptive: AdaptiveBank | None, alpha_start: str) -> None:
+    """One-line errors for settings that do not fit together."""
+    if source not in IMPRESSION_SOURCES:
+        raise ValueError(f"impression_source={source!r}: use one of {list(IMPRESSION_SOURCES)}")
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    if alpha_start not in ALPHA_STARTS:
+        raise ValueError(f"alpha_start={alpha_start!r}: use one of {list(ALPHA_STARTS)}")
+    if (impression_tasks is not None or adaptive is not None) and source != "heterogeneous":
+        raise ValueError(f"impression_tasks and adaptive_bank need impression_source='heterogeneous', got {source!r}")
+    if source not in ("supsup",) and adaptive is None and impression_tasks is None and num_impressions < 1:
+        raise ValueError(f"num_impressions must be >= 1 for impression_source={source!r}")
+    if source == "heterogeneous" and adaptive is None and impression_tasks is None and num_impressions > num_tasks:
+        raise ValueError(f"num_impressions={num_impressions} > num_tasks={num_tasks}: heterogeneous impressions "
+                         "are tasks of the stream; lower num_impressions")
+    if impression_tasks is not None and adaptive is None and len(impression_tasks) != num_impressions:
+        raise ValueError(f"impression_tasks names {len(impression_tasks)} tasks but num_impressions="
+                         f"{num_impressions}: make them agree")

@@ -25,10 +25,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, DistributedSampler
 
-from callbacks import FreezeImpressions, RetentionEvaluator, TaskCheckpoint
+from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator, TaskCheckpoint
 from impress_lightning.cli import main
 from impress_lightning.data import EmbeddedDigits
 from impress_lightning.module import ImpressLearnModule
+from impress_lightning.nn import TopK
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
@@ -39,7 +40,7 @@ ACC_TOL, ALPHA_TOL, MASK_BIT_TOL = 0.01, 1e-3, 1e-3
 
 def make_module() -> ImpressLearnModule:
     return ImpressLearnModule(num_tasks=NUM_TASKS, num_classes=10, input_shape=(1, 8, 8), num_impressions=2,
-                              density=0.3, impression_epochs=2, combination_epochs=2, seed=SEED,
+                              mask_rule=TopK(0.3), impression_epochs=2, combination_epochs=2, seed=SEED,
                               mask_optimizer=functools.partial(torch.optim.Adam, lr=0.01),
                               alpha_optimizer=functools.partial(torch.optim.Adam, lr=0.05, weight_decay=1e-4))
 
@@ -67,7 +68,7 @@ class RankSnapshot(L.Callback):
         stage = pl_module.current_stage
         if trainer.current_epoch != stage.last_epoch:
             return
-        state = {"alphas": [a.detach().cpu().clone() for a in pl_module.alphas],
+        state = {"alphas": [a.detach().cpu().clone() for a in pl_module.table.coefficients],
                  "banks": [layer.bank.packed.cpu().clone() for layer in pl_module.net.layers],
                  "counts": [len(layer.bank) for layer in pl_module.net.layers],
                  "scores": [layer.scores.detach().cpu().clone() for layer in pl_module.net.layers],
@@ -194,7 +195,7 @@ def test_per_task_batchnorm_statistics_stay_identical_across_ranks(tmp_path: Pat
     # Lightning's manual optimisation stops DDP's buffer sync after the first step; the module averages the
     # trained task's statistics itself, so every rank evaluates (and rank zero saves) the same ones.
     model = ImpressLearnModule(backbone="gem_resnet18", num_tasks=2, num_classes=10, input_shape=(1, 8, 8),
-                               num_impressions=1, density=0.3, seed=SEED)
+                               num_impressions=1, mask_rule=TopK(0.3), seed=SEED)
     data = EmbeddedDigits(num_tasks=2, batch_size=8, train_subset=32, num_workers=0, seed=SEED)
     fit(WORLD, model, data, tmp_path / "runs", tmp_path, [])
     for task in range(2):

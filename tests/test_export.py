@@ -15,13 +15,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks import FreezeImpressions, RetentionEvaluator
 from impress_lightning.artifact import FORMAT_VERSION, ArtifactError, TaskBank
+from impress_lightning.bank_model import TaskBankModel, load_task_bank
+from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator
 from impress_lightning.cli import main as cli_main
 from impress_lightning.data import EmbeddedDigits, TaskSequenceDataModule
 from impress_lightning.inference import TaskInference
 from impress_lightning.module import ImpressLearnModule
-from impress_lightning.nn import packed_size
+from impress_lightning.nn import Global, PerLayer, TopK, packed_size
 from impress_lightning.tools.export import data_metadata
 
 
@@ -42,7 +43,7 @@ def train_stream(root: Path, backbone: str, source: str, family: str = "rotate")
     dm = TaskSequenceDataModule(dataset="digits", family=family, num_tasks=3, batch_size=64, train_subset=64,
                                 classes_per_task=3 if family == "split" else None, seed=0)
     module = ImpressLearnModule(backbone=backbone, num_tasks=3, num_classes=dm.num_classes, input_shape=dm.input_shape,
-                                num_impressions=2, impression_source=source, density=0.3)
+                                num_impressions=2, impression_source=source, mask_rule=TopK(0.3))
     ckpt = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_on_train_epoch_end=True, save_top_k=-1)
     trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         callbacks=[FreezeImpressions(verbose=False),
@@ -84,7 +85,7 @@ def stream(request, streams) -> TrainedStream:
 
 
 def test_rebuilt_bank_predicts_exactly_like_the_module(stream):
-    model = TaskBank.load(stream.bank).build_model()
+    model = load_task_bank(stream.bank)
     assert model.tasks == [0, 1, 2]
     random_x = torch.randn(8, *stream.dm.input_shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -98,7 +99,7 @@ def test_rebuilt_bank_predicts_exactly_like_the_module(stream):
 def test_export_prints_the_size_breakdown(stream):
     bank = TaskBank.load(stream.bank)
     sizes = bank.sizes(stream.bank.stat().st_size)
-    for part in ("masks", "alpha", "batchnorm", "metadata", "total"):
+    for part in ("masks", "coefficients", "batchnorm", "metadata", "total"):
         assert f"{part} " in stream.export_output and f"{sizes[part]:,} B" in stream.export_output
     assert f"checkpoint {stream.last}: {stream.last.stat().st_size:,} B" in stream.export_output
     assert f"{bank.supsup_mask_bytes():,} B of masks" in stream.export_output
@@ -106,15 +107,15 @@ def test_export_prints_the_size_breakdown(stream):
 
 def test_bank_stores_exactly_the_bank_bits_selections_and_bn(stream):
     bank = TaskBank.load(stream.bank)
-    net, k = stream.module.net, stream.module.schedule.bank_size
+    net, k = stream.module.net, stream.module.table.capacity
     assert bank.masks.shape[0] == k
     assert bank.masks.nbytes == sum(packed_size(layer.bank.numel) for layer in net.layers) * k
     assert torch.equal(bank.masks, torch.cat([layer.bank.packed[:k] for layer in net.layers], dim=1))
-    if stream.module.schedule.source == "supsup":
-        assert bank.slots == [0, 1, 2] and bank.alpha.numel() == 0
+    if stream.module.source == "supsup":
+        assert bank.slots == [0, 1, 2] and bank.coefficients.numel() == 0
     else:
         assert bank.slots == [0, 1, -1]
-        assert torch.equal(bank.alpha[0], stream.module.alphas[2].detach())
+        assert torch.equal(bank.coefficients[0], stream.module.table.coefficients[2].detach())
     if net.bn_names:
         expected = torch.cat([torch.cat([bn.task_mean, bn.task_var], dim=1) for bn in net.batchnorms], dim=1)
         assert torch.equal(bank.bn_stats, expected)
@@ -141,7 +142,7 @@ def test_checkpoint_from_the_middle_of_the_stream_exports_only_finished_tasks(st
     export(stream.first_epoch, tmp_path / "bank.pt")
     bank = TaskBank.load(tmp_path / "bank.pt")
     assert bank.tasks == [0] and bank.num_impressions == 1
-    model = bank.build_model()
+    model = TaskBankModel(bank)
     x = torch.randn(4, *bank.input_shape)
     with torch.no_grad():
         assert torch.equal(model(x, 0), stream.module(x, 0))  # task 0 never changed after epoch 0
@@ -196,7 +197,7 @@ def test_a_different_backbone_seed_is_detected(mlp_stream, tmp_path):
     bank = TaskBank.load(mlp_stream.bank)
     bank.seed += 1  # the regenerated weights would no longer be the trained ones
     with pytest.raises(ArtifactError, match="regenerated backbone weights differ"):
-        bank.build_model()
+        TaskBankModel(bank)
 
 
 def test_explicit_normalisation_and_label_maps_override_the_datamodule(mlp_stream, tmp_path):
@@ -205,7 +206,7 @@ def test_explicit_normalisation_and_label_maps_override_the_datamodule(mlp_strea
     export(mlp_stream.last, tmp_path / "bank.pt", "--mean", "0.1", "--std", "0.2", "--label_maps", str(maps))
     bank = TaskBank.load(tmp_path / "bank.pt")
     assert bank.normalization == {"mean": [0.1], "std": [0.2]}
-    assert bank.build_model().label_map(2) == ["six", "seven", "eight"]
+    assert TaskBankModel(bank).label_map(2) == ["six", "seven", "eight"]
     maps.write_text(json.dumps([["zero", "one"]] * 3))
     with pytest.raises(SystemExit, match="label_maps needs one list of 3 labels"):
         export(mlp_stream.last, tmp_path / "other.pt", "--label_maps", str(maps))
@@ -230,7 +231,7 @@ def test_datamodule_metadata_comes_from_explicit_keys_or_the_rebuilt_datamodule(
 
 
 def test_task_inference_runs_on_the_rebuilt_model(stream):
-    model = TaskBank.load(stream.bank).build_model()
+    model = load_task_bank(stream.bank)
     x = next(iter(stream.dm.eval_dataloader(1)))[0][:16]
     result = model.infer(x, TaskInference(strategy="oneshot"))
     assert result.task in model.tasks
@@ -244,7 +245,8 @@ def test_every_source_and_granularity_round_trips_without_training(backbone, sou
     """Banks filled by hand (no Trainer): random impressions with global α, homogeneous with per-layer α; α and
     BN statistics set to distinct random values so a mix-up between tasks would show."""
     module = ImpressLearnModule(backbone=backbone, num_tasks=3, num_classes=4, input_shape=(3, 8, 8),
-                                num_impressions=3, impression_source=source, alpha_granularity=granularity)
+                                num_impressions=3, impression_source=source,
+                                combination=Global() if granularity == "global" else PerLayer())
     gen = torch.Generator().manual_seed(0)
     if source == "random":
         module.fill_random_impressions()
@@ -252,31 +254,24 @@ def test_every_source_and_granularity_round_trips_without_training(backbone, sou
         for stage in module.schedule.stages[:3]:
             for i, layer in enumerate(module.net.layers):
                 layer.reset_scores(100 * stage.index + i)
-            module.freeze_impression(stage)
+            module.freeze_stage(stage)
     with torch.no_grad():
-        for alpha in module.alphas:
+        for task, alpha in enumerate(module.table.coefficients):
+            module.table.start_coefficients(task, 3, None)
             alpha.copy_(torch.rand(alpha.shape, generator=gen))
         for bn in module.net.batchnorms:
             bn.task_mean.copy_(torch.randn(bn.task_mean.shape, generator=gen))
             bn.task_var.copy_(torch.rand(bn.task_var.shape, generator=gen) + 0.5)
     module.eval()
     bank = TaskBank.from_bytes(TaskBank.from_module(module, num_learned=3).to_bytes())
-    model = bank.build_model()
+    model = TaskBankModel(bank)
     x = torch.randn(4, 3, 8, 8, generator=gen)
     with torch.no_grad():
         for task in range(3):
             assert torch.equal(model(x, task), module(x, task))
-    coeffs = model.task_coeffs()
-    assert coeffs.shape == ((3, 3) if granularity == "global" else (3, module.net.num_layers, 3))
+    coeffs = model.task_coeffs()  # per masked layer [T, n]
+    assert [tuple(c.shape) for c in coeffs] == [(3, 3)] * module.net.num_layers
+    if granularity == "global":
+        assert all(torch.equal(c, coeffs[0]) for c in coeffs)
     if source == "homogeneous":
-        assert bank.slots == [0, -1, -1] and torch.equal(coeffs[0], torch.eye(3)[0].expand_as(coeffs[0]))
-
-
-@pytest.mark.parametrize("which, expected", [("first_epoch", [0]), ("last", [0, 1, 2])])
-def test_checkpoints_without_a_task_counter_count_finished_tasks_from_the_epochs(mlp_stream, tmp_path, which,
-                                                                                 expected):
-    ckpt = torch.load(getattr(mlp_stream, which), weights_only=True)
-    ckpt["state_dict"].pop("tasks_learned", None)  # as written before the module counted its tasks
-    torch.save(ckpt, tmp_path / "old.ckpt")
-    export(tmp_path / "old.ckpt", tmp_path / "bank.pt")
-    assert TaskBank.load(tmp_path / "bank.pt").tasks == expected
+        assert bank.slots == [0, -1, -1] and all(torch.equal(c[0], torch.eye(3)[0]) for c in coeffs)

@@ -6,9 +6,10 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks import FreezeImpressions, RetentionEvaluator
+from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator
 from impress_lightning.data import TaskSequenceDataModule
 from impress_lightning.module import ImpressLearnModule
+from impress_lightning.nn import TopK
 
 
 def digits_stream(num_tasks: int) -> TaskSequenceDataModule:
@@ -53,7 +54,7 @@ def test_every_task_logits_bit_identical_after_later_tasks(tmp_path, backbone, s
     dm = digits_stream(4)
     module = ImpressLearnModule(backbone=backbone, num_tasks=4, num_classes=dm.num_classes,
                                 input_shape=dm.input_shape, num_impressions=2, impression_source=source,
-                                density=0.3)
+                                mask_rule=TopK(0.3))
     probe = LogitsProbe(torch.randn(16, *dm.input_shape))
     fit(module, dm, tmp_path, [probe])
     assert sorted(probe.after_task) == [0, 1, 2, 3]
@@ -68,7 +69,7 @@ def test_every_task_logits_bit_identical_after_later_tasks(tmp_path, backbone, s
 
 def snapshot_finished_state(module: ImpressLearnModule, upto: int) -> dict[str, torch.Tensor]:
     """Every tensor tasks < upto depend on: bank bits, their α, their BN rows (and the frozen weights)."""
-    state = {f"alpha{t}": module.alphas[t].detach().clone() for t in range(upto)}
+    state = {f"alpha{t}": module.table.coefficients[t].detach().clone() for t in range(upto)}
     for i, layer in enumerate(module.net.layers):
         state[f"bank{i}"] = layer.bank.packed.clone()
         state[f"weight{i}"] = layer.weight.clone()
@@ -102,7 +103,7 @@ class IsolationProbe(L.Callback):
                 assert torch.equal(value, now), f"task {stage.task}'s optimiser changed {key}"
             # Only the current stage's parameters ever hold gradients or optimiser state.
             active = {id(p) for p in ([l.scores for l in module.net.layers] if stage.kind == "impression"
-                                      else [module.alphas[stage.task]])}
+                                      else [module.table.coefficients[stage.task]])}
             for opt in module.optimizers():
                 for p in opt.optimizer.state:
                     assert id(p) in active
@@ -112,7 +113,7 @@ class IsolationProbe(L.Callback):
 def test_optimiser_of_task_t_never_changes_earlier_tasks(tmp_path):
     dm = digits_stream(4)
     module = ImpressLearnModule(backbone="gem_resnet18", num_tasks=4, num_classes=dm.num_classes,
-                                input_shape=dm.input_shape, num_impressions=2, density=0.3)
+                                input_shape=dm.input_shape, num_impressions=2, mask_rule=TopK(0.3))
     probe = IsolationProbe()
     fit(module, dm, tmp_path, [probe])
     assert probe.checked == [0, 1, 2, 3]

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from impress_lightning.nn import ImpressionBank, SupermaskConv2d, SupermaskLinear, SupermaskNet
-from impress_lightning.nn import pack_bits, packed_size, unpack_bits
+from impress_lightning.nn import ImpressionBank, SupermaskConv2d, SupermaskLinear, SupermaskNet, pack_bits, packed_size, unpack_bits
 
 ODD_SIZES = [1, 3, 7, 9, 13, 15, 17, 1001, 7 * 13 * 3]
 

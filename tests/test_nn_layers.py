@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from impress_lightning.nn import Dense, Impression, LearnMask, SupermaskConv2d, SupermaskLinear, TopK
-from impress_lightning.nn import signed_constant, to_supermask
+from impress_lightning.nn import Dense, Impression, LearnMask, SupermaskConv2d, SupermaskLinear, TopK, signed_constant, to_supermask
 
 LAYERS = {
     "linear": lambda seed: SupermaskLinear(37, 11, bank_capacity=2, seed=seed),

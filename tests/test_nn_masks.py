@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from impress_lightning.backbones import build_backbone
-from impress_lightning.nn import LearnMask, SupermaskLinear, SupermaskNet, Threshold, TopK, er_density
-from impress_lightning.nn import threshold_mask, topk_mask
+from impress_lightning.nn import LearnMask, SupermaskLinear, SupermaskNet, Threshold, TopK, er_density, threshold_mask, topk_mask
 
 SHAPES = [(7, 13), (300, 784), (20, 3, 3, 3), (33, 17, 3, 3), (5, 160)]
 DENSITIES = [0.01, 0.05, 0.1, 0.33, 0.5, 0.9, 1.0]

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from impress_lightning.nn import Combine, Dense, Impression, LearnMask, SupermaskConv2d, SupermaskLinear
-from impress_lightning.nn import SupermaskNet, TopK
+from impress_lightning.nn import Combine, Dense, Impression, LearnMask, SupermaskConv2d, SupermaskLinear, SupermaskNet, TopK
 
 
 def make_net(capacity: int = 4, seed: int = 0, cache_size: int = 2) -> SupermaskNet:

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from callbacks import LoggedSaveConfigCallback, report_retention
-from callbacks.reporting import accuracy_table, markdown_table, storage_scalars, storage_table
+from impress_lightning.callbacks import LoggedSaveConfigCallback, report_retention
+from impress_lightning.callbacks.reporting import accuracy_table, markdown_table, storage_scalars, storage_table
 from impress_lightning.cli import ImpressLightningCLI
 from impress_lightning.data import TaskSequenceDataModule
 from impress_lightning.module import ImpressLearnModule
@@ -35,7 +35,7 @@ BASE_CONFIG = {
     "seed_everything": 0,
     "trainer": {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1, "enable_progress_bar": False,
                 "enable_model_summary": False, "enable_checkpointing": False},
-    "model": {"num_impressions": 2, "density": 0.3, "impression_epochs": 1, "combination_epochs": 1},
+    "model": {"num_impressions": 2, "mask_rule": {"class_path": "impress_lightning.nn.TopK", "init_args": {"density": 0.3}}, "impression_epochs": 1, "combination_epochs": 1},
     "data": {"class_path": "impress_lightning.data.TaskSequenceDataModule",
              "init_args": {"dataset": "digits", "family": "rotate", "num_tasks": 3, "train_subset": 128,
                            "batch_size": 64}},
@@ -203,7 +203,7 @@ def test_wandb_images_are_written_as_png(wandb_run):
 @pytest.mark.slow
 def test_wandb_config_is_the_resolved_cli_config(wandb_run):
     config = wandb_run["config"]
-    assert config["model"]["density"] == 0.3  # from the experiment config
+    assert config["model"]["mask_rule"]["init_args"]["density"] == 0.3  # from the experiment config
     assert config["trainer"]["logger"]["init_args"]["project"] == "impress-lightning"  # from configs/logger/wandb.yaml
     default = inspect.signature(ImpressLearnModule).parameters["alpha_regularization"].default
     assert config["model"]["alpha_regularization"] == default  # a default no config file names
@@ -226,7 +226,7 @@ def test_csv_logger_gets_the_same_metric_names(wandb_run, tmp_path, monkeypatch)
     last_average = [row["retention/average_accuracy"] for row in rows if row["retention/average_accuracy"]][-1]
     assert float(last_average) == pytest.approx(retention["average_accuracy"], abs=1e-6)
     hparams = yaml.load((log_dir / "hparams.yaml").read_text(), Loader=yaml.FullLoader)  # holds tuples
-    assert hparams["model"]["density"] == 0.3  # the resolved CLI config, via LoggedSaveConfigCallback
+    assert hparams["model"]["mask_rule"]["init_args"]["density"] == 0.3  # the resolved CLI config, via LoggedSaveConfigCallback
 
 
 @pytest.mark.slow
@@ -295,8 +295,7 @@ class RecordingLogger(Logger):
 
 
 def fake_trainer(logger: Logger, rank_zero: bool = True) -> SimpleNamespace:
-    loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=8))
-    return SimpleNamespace(is_global_zero=rank_zero, loggers=[logger], fit_loop=loop, global_step=11)
+    return SimpleNamespace(is_global_zero=rank_zero, loggers=[logger], global_step=8)
 
 
 SUMMARY = {"accuracy_matrix": [[0.8, None]], "tasks": [{"task": 0, "stored_bytes": 10, "trainable_parameters": 80}]}

@@ -16,10 +16,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks import FreezeImpressions, RetentionEvaluator, TaskCheckpoint
+from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator, TaskCheckpoint
 from impress_lightning.cli import main
 from impress_lightning.data import EmbeddedDigits
 from impress_lightning.module import ImpressLearnModule
+from impress_lightning.nn import TopK
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -147,7 +148,7 @@ def test_filename_must_name_the_task_and_only_known_fields() -> None:
 
 def tiny_stream(root: Path, callbacks: list[L.Callback], max_epochs: int | None = None
                 ) -> tuple[L.Trainer, ImpressLearnModule, EmbeddedDigits]:
-    model = ImpressLearnModule(num_tasks=4, num_classes=10, input_shape=(1, 8, 8), num_impressions=2, density=0.3,
+    model = ImpressLearnModule(num_tasks=4, num_classes=10, input_shape=(1, 8, 8), num_impressions=2, mask_rule=TopK(0.3),
                                impression_epochs=1, combination_epochs=2,
                                mask_optimizer=functools.partial(torch.optim.Adam, lr=0.01),
                                alpha_optimizer=functools.partial(torch.optim.Adam, lr=0.05))
@@ -168,10 +169,11 @@ def retention_of(trainer: L.Trainer) -> RetentionEvaluator:
     return next(cb for cb in trainer.callbacks if isinstance(cb, RetentionEvaluator))
 
 
-def test_acc_in_the_filename_needs_a_retention_evaluator(tmp_path: Path) -> None:
+def test_acc_in_the_filename_comes_from_the_retention_evaluator_the_module_adds(tmp_path: Path) -> None:
     trainer, model, data = tiny_stream(tmp_path, [FreezeImpressions(verbose=False), TaskCheckpoint()])
-    with pytest.raises(ValueError, match="has no RetentionEvaluator"):
-        trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data)
+    matrix = retention_of(trainer).matrix
+    assert task_files(tmp_path) == [f"task{t:02d}-{kind}-acc{matrix[t][t]:.4f}.ckpt" for t, kind in enumerate(KINDS)]
 
 
 def test_every_task_boundary_is_a_checkpoint_that_resumes_exactly(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks import FreezeImpressions, RetentionEvaluator, TaskInferenceEvaluator
+from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator, TaskInferenceEvaluator
 from impress_lightning.data import TaskSequenceDataModule
 from impress_lightning.inference import TaskInference
 from impress_lightning.module import ImpressLearnModule
+from impress_lightning.nn import TopK
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +29,7 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
     L.seed_everything(0)
     dm = TaskSequenceDataModule(dataset="digits", family="permute", num_tasks=3, batch_size=64, seed=0)
     module = ImpressLearnModule(backbone="lenet_300_100", num_tasks=3, num_classes=10, input_shape=dm.input_shape,
-                                impression_source="supsup", num_impressions=0, density=0.3, impression_epochs=6,
+                                impression_source="supsup", num_impressions=0, mask_rule=TopK(0.3), impression_epochs=6,
                                 mask_optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
     methods = [TaskInference(strategy="oneshot", objective="entropy"), TaskInference(strategy="binary")]
     evaluator = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from impress_lightning.data.families import ClassSplit, PermutedPixels, Rotations, TaskFamily
 from impress_lightning.data.imagenet import FolderSource, count_classes
 from impress_lightning.data.providers import get_provider
-from impress_lightning.data.seeding import SHUFFLE, generator
+from impress_lightning.data.seeding import PROBE, SHUFFLE, generator
 from impress_lightning.data.sources import InMemorySource
 from impress_lightning.data.tensors import NormalizeCollate
 
@@ -217,6 +217,17 @@ class TaskSequenceDataModule(L.LightningDataModule):
         _check(split in ("val", "test"), f"split={split!r} must be 'val' or 'test'")
         _check(split != "val" or self.val_fraction > 0, "split='val' needs val_fraction > 0")
         return self._loader(self.source.eval_dataset(task, split), self.eval_batch_size, None, generator(self.seed))
+
+    def probe_loader(self, task: int) -> DataLoader:
+        """Held-out training examples of ``task`` in a fixed order: its validation split when
+        ``val_fraction > 0``, else its training split in a seeded order. The model scores its stored
+        impressions on the first batches of it (one-hot coefficient start, adaptive bank)."""
+        if self.val_fraction > 0:
+            return self.eval_dataloader(task, "val")
+        self._check_task(task)
+        dataset = self.source.train_dataset(task, 0, False)
+        sampler = RandomSampler(dataset, generator=generator(self.seed, PROBE, task))
+        return self._loader(dataset, self.eval_batch_size, sampler, generator(self.seed, PROBE, task, 1))
 
     def train_dataloader(self) -> DataLoader:
         """Training loader of the current epoch's task."""

@@ -8,7 +8,7 @@ import torch
 
 # Purposes, mixed into every derived seed so that e.g. the shuffle of task 3 never shares a stream with the
 # permutation of task 3.
-PERMUTATION, CLASS_ORDER, HOLDOUT, SHUFFLE, AUGMENT = range(5)
+PERMUTATION, CLASS_ORDER, HOLDOUT, SHUFFLE, AUGMENT, PROBE = range(6)
 
 
 def derive_seed(*keys: int) -> int:

@@ -12,17 +12,31 @@ For ImpressLearn n = K impressions; for SupSup's dedicated masks n = T, so it st
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence, Union
+
+import torch
 
 from torch import Tensor
 
 from impress_lightning.nn import Combine, SupermaskNet
 
 LogitsFn = Callable[[Tensor], Tensor]
+# Task coefficients: one tensor [T, L, n] (per layer) or [T, n] (global), or, the task table's convention,
+# one tensor per masked layer [T, n] (per layer) or [T, out, n] (per output neuron).
+TaskCoeffs = Union[Tensor, Sequence[Tensor]]
 
 
-def check_task_coeffs(task_coeffs: Tensor, num_layers: int) -> None:
-    """Raise a one-line error unless ``task_coeffs`` is ``[T, L, n]`` (per layer) or ``[T, n]`` (global)."""
+def check_task_coeffs(task_coeffs: TaskCoeffs, num_layers: int) -> None:
+    """Raise a one-line error unless ``task_coeffs`` has one of the shapes of :data:`TaskCoeffs`."""
+    if not torch.is_tensor(task_coeffs):
+        if len(task_coeffs) != num_layers:
+            raise ValueError(f"task_coeffs has {len(task_coeffs)} layer tensors but the network has {num_layers} "
+                             "masked layers")
+        if len({int(r.shape[0]) for r in task_coeffs}) != 1 or task_coeffs[0].shape[0] < 1 or \
+                any(r.dim() not in (2, 3) or r.shape[-1] < 1 for r in task_coeffs):
+            raise ValueError("task_coeffs per layer must be [T, n] or [T, out, n] with the same T >= 1, got "
+                             f"{[tuple(r.shape) for r in task_coeffs]}")
+        return
     if task_coeffs.dim() not in (2, 3) or task_coeffs.shape[0] < 1 or task_coeffs.shape[-1] < 1:
         raise ValueError(f"task_coeffs must be [T, L, n] or [T, n] with T, n >= 1, got {tuple(task_coeffs.shape)}")
     if task_coeffs.dim() == 3 and task_coeffs.shape[1] != num_layers:
@@ -30,14 +44,26 @@ def check_task_coeffs(task_coeffs: Tensor, num_layers: int) -> None:
                          f"masked layers: pass [T, {num_layers}, n] (or [T, n] for global coefficients)")
 
 
-def superpose(beta: Tensor, task_coeffs: Tensor) -> Tensor:
-    """Coefficients of the superposition ``Σ_t β_t A[t]``: ``[L, n]`` (or ``[n]`` for global ``[T, n]``)."""
-    if beta.shape != task_coeffs.shape[:1]:
-        raise ValueError(f"beta has shape {tuple(beta.shape)}, expected ({task_coeffs.shape[0]},) (one per task)")
+def num_rows(task_coeffs: TaskCoeffs) -> int:
+    """T, the number of tasks in ``task_coeffs``."""
+    return int(task_coeffs.shape[0] if torch.is_tensor(task_coeffs) else task_coeffs[0].shape[0])
+
+
+def task_row(task_coeffs: TaskCoeffs, row: int) -> Tensor | tuple[Tensor, ...]:
+    """The coefficients of one task (what ``Combine`` takes)."""
+    return task_coeffs[row] if torch.is_tensor(task_coeffs) else tuple(r[row] for r in task_coeffs)
+
+
+def superpose(beta: Tensor, task_coeffs: TaskCoeffs) -> Tensor | tuple[Tensor, ...]:
+    """Coefficients of the superposition ``Σ_t β_t A[t]`` (the shape of one task's coefficients)."""
+    if beta.shape != (num_rows(task_coeffs),):
+        raise ValueError(f"beta has shape {tuple(beta.shape)}, expected ({num_rows(task_coeffs)},) (one per task)")
+    if not torch.is_tensor(task_coeffs):
+        return tuple((beta.to(r.dtype) @ r.flatten(1)).view(r.shape[1:]) for r in task_coeffs)
     return (beta.to(task_coeffs.dtype) @ task_coeffs.flatten(1)).view(task_coeffs.shape[1:])
 
 
-def normalize_rows(task_coeffs: Tensor) -> Tensor:
+def normalize_rows(task_coeffs: TaskCoeffs) -> TaskCoeffs:
     """Scale every task's coefficient row (per layer) to unit L1 norm; one-hot rows are unchanged.
 
     The one-shot score of task t is linear in its row: ``∂obj/∂β_t = Σ_{l,k} A[t,l,k] g_{l,k}`` with
@@ -48,6 +74,8 @@ def normalize_rows(task_coeffs: Tensor) -> Tensor:
     impressions scores between its constituents, so it can only win where its per-layer weights sit on
     masks the gradient favours in that layer.
     """
+    if not torch.is_tensor(task_coeffs):
+        return tuple(normalize_rows(r) for r in task_coeffs)
     return task_coeffs / task_coeffs.abs().sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
@@ -62,7 +90,7 @@ def combination_logits_fn(net: SupermaskNet, x: Tensor) -> LogitsFn:
     return lambda alpha: net(x, Combine(alpha), bn_task=bn)
 
 
-def superposed_logits_fn(net: SupermaskNet, x: Tensor, task_coeffs: Tensor) -> LogitsFn:
+def superposed_logits_fn(net: SupermaskNet, x: Tensor, task_coeffs: TaskCoeffs) -> LogitsFn:
     """``β ↦ net(x)`` under the superposition of all tasks in ``task_coeffs`` weighted by β (K-space)."""
     check_task_coeffs(task_coeffs, net.num_layers)
     combined = combination_logits_fn(net, x)

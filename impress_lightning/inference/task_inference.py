@@ -19,7 +19,8 @@ from torch import Tensor
 from impress_lightning.inference.objectives import ObjectiveName, get_objective
 from impress_lightning.inference.strategies import OptimizerName, binary, fit_alpha, one_shot, uniform_beta
 from impress_lightning.inference.superposition import (
-    batch_bn, check_task_coeffs, combination_logits_fn, normalize_rows, superposed_logits_fn,
+    TaskCoeffs, batch_bn, check_task_coeffs, combination_logits_fn, normalize_rows, num_rows, superposed_logits_fn,
+    task_row,
 )
 from impress_lightning.nn import Combine, SupermaskNet
 
@@ -103,7 +104,7 @@ class TaskInference:
         if self.alpha_fit_reg < 0:
             raise ValueError(f"alpha_fit_reg must be >= 0, got {self.alpha_fit_reg}")
 
-    def infer(self, net: SupermaskNet, x: Tensor, task_coeffs: Tensor, *, num_classes: int | None = None,
+    def infer(self, net: SupermaskNet, x: Tensor, task_coeffs: TaskCoeffs, *, num_classes: int | None = None,
               task_ids: Sequence[int] | None = None, classify: Classifier | None = None) -> InferenceResult:
         """Infer the task of batch ``x`` among the learned tasks and classify the whole batch with it.
 
@@ -115,7 +116,8 @@ class TaskInference:
                 statistics; the chosen task then classifies with its own frozen statistics).
             x: one test batch (assumed to come from a single task, as in SupSup).
             task_coeffs: coefficients of every learned task over the bank slots, ``[T, L, n]`` (or ``[T, n]``
-                global); row t is a one-hot for an impression / dedicated mask, α_t for a combination task.
+                global), or one tensor per masked layer (``[T, n]`` or ``[T, out, n]``, the task table's
+                ``kspace_rows``); row t is a one-hot for an impression / dedicated mask, α_t for a combination task.
                 α-fit only uses n (it fits over the same n bank masks).
             num_classes: real classes = leading head outputs (None: all outputs are real classes).
             task_ids: the task id of each row of ``task_coeffs`` (default ``0..T-1``); used for BN
@@ -127,7 +129,7 @@ class TaskInference:
         if net.training and net.bn_names:
             raise RuntimeError("task inference needs net.eval(): in training mode classifying with the inferred "
                                "task would update that task's frozen BatchNorm statistics")
-        num_tasks = task_coeffs.shape[0]
+        num_tasks = num_rows(task_coeffs)
         ids = list(range(num_tasks)) if task_ids is None else [int(t) for t in task_ids]
         if len(ids) != num_tasks:
             raise ValueError(f"task_ids has {len(ids)} entries for {num_tasks} rows of task_coeffs")
@@ -135,16 +137,18 @@ class TaskInference:
         with torch.inference_mode(False), torch.enable_grad():
             # Clones turn Lightning's inference tensors into ordinary ones that autograd may save.
             probe = x[: self.num_examples].clone()
-            coeffs = task_coeffs.detach().clone()
+            coeffs = task_coeffs.detach().clone() if torch.is_tensor(task_coeffs) else \
+                tuple(r.detach().clone() for r in task_coeffs)
             if self.strategy == "alpha_fit":
                 alpha = self._fit(net, probe, coeffs, objective)
             else:
                 rows = normalize_rows(coeffs) if self.superposition_norm == "l1" else coeffs
                 logits_fn = superposed_logits_fn(net, probe, rows)
+                ref = rows if torch.is_tensor(rows) else rows[0]
                 if self.strategy == "oneshot":
-                    row, scores = one_shot(logits_fn, uniform_beta(num_tasks, rows.dtype, rows.device), objective)
+                    row, scores = one_shot(logits_fn, uniform_beta(num_tasks, ref.dtype, ref.device), objective)
                 else:
-                    row, scores = binary(logits_fn, num_tasks, objective, rows.dtype, rows.device), None
+                    row, scores = binary(logits_fn, num_tasks, objective, ref.dtype, ref.device), None
         with torch.no_grad():
             if self.strategy == "alpha_fit":
                 logits = net(x, Combine(alpha), bn_task=batch_bn(net))
@@ -153,13 +157,14 @@ class TaskInference:
             if classify is not None:
                 logits = classify(x, task)
             else:
-                logits = net(x, Combine(task_coeffs[row]), bn_task=task if net.bn_names else None)
+                logits = net(x, Combine(task_row(task_coeffs, row)), bn_task=task if net.bn_names else None)
         return InferenceResult(task, logits[:, :num_classes], scores=scores)
 
-    def _fit(self, net: SupermaskNet, probe: Tensor, coeffs: Tensor,
+    def _fit(self, net: SupermaskNet, probe: Tensor, coeffs: TaskCoeffs,
              objective: Callable[[Tensor], Tensor]) -> Tensor:
-        n = coeffs.shape[-1]
+        ref = coeffs if torch.is_tensor(coeffs) else coeffs[0]
+        n = ref.shape[-1]
         shape = (net.num_layers, n) if self.alpha_fit_granularity == "per_layer" else (n,)
-        init = torch.full(shape, 1.0 / n, dtype=coeffs.dtype, device=coeffs.device)
+        init = torch.full(shape, 1.0 / n, dtype=ref.dtype, device=ref.device)
         return fit_alpha(combination_logits_fn(net, probe), init, objective, self.alpha_fit_steps,
                          self.alpha_fit_lr, self.alpha_fit_optimizer, self.alpha_fit_reg)

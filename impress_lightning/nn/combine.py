@@ -79,6 +79,28 @@ def lookup_combine(coeffs: Tensor, magnitude: float, planes: list[CodePlane], sh
     return _LookupCombine.apply(coeffs, magnitude, planes).view(shape)
 
 
+def neuron_combine(coeffs: Tensor, magnitude: float, planes: list[CodePlane], shape: torch.Size) -> Tensor:
+    """``W[o] ⊙ Σ_k coeffs[o, k] M_k[o]`` with one coefficient row per output neuron (``coeffs`` ``[out, n]``).
+
+    Each output row gets its own ``2^(w+1)``-entry table per plane; autograd's gather backward is the
+    per-row scatter-add of the weight gradient over the codes.
+    """
+    if not planes or planes[-1].stop != coeffs.shape[1] or coeffs.shape[0] != shape[0]:
+        raise ValueError(f"per-neuron coefficients {tuple(coeffs.shape)} do not fit {shape[0]} outputs x "
+                         f"{planes[-1].stop if planes else 0} masks")
+    out = None
+    for plane in planes:
+        sums = coeffs[:, plane.start : plane.stop] @ plane.bit_matrix.to(coeffs.dtype).t()  # [out, 2^w]
+        table = torch.stack([sums, -sums], dim=2).flatten(1) * magnitude  # [out, 2^(w+1)]
+        value = table.gather(1, plane.index.view(shape[0], -1))
+        out = value if out is None else out + value
+    return out.view(shape)
+
+
 def naive_combine(weight: Tensor, masks: Tensor, coeffs: Tensor) -> Tensor:
-    """Reference: ``weight * Σ_k coeffs[k] masks[k]`` with masks stacked as floats ``[n, *weight.shape]``."""
-    return weight * torch.tensordot(coeffs, masks.to(weight.dtype), dims=1)
+    """Reference: ``weight * Σ_k coeffs[k] masks[k]`` with masks stacked as floats ``[n, *weight.shape]``;
+    per-neuron ``coeffs`` ``[out, n]`` weigh each output row separately."""
+    masks = masks.to(weight.dtype)
+    if coeffs.dim() == 2:
+        return weight * torch.einsum("on,no...->o...", coeffs.to(weight.dtype), masks)
+    return weight * torch.tensordot(coeffs, masks, dims=1)

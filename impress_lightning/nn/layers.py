@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from impress_lightning.nn.bank import ImpressionBank
-from impress_lightning.nn.combine import CodePlane, build_code_planes, lookup_combine
+from impress_lightning.nn.combine import CodePlane, build_code_planes, lookup_combine, neuron_combine
 from impress_lightning.nn.selection import Combine, Dense, Impression, LearnMask, Selection
 
 
@@ -70,7 +70,10 @@ class SupermaskLayer(nn.Module):
             return self.weight * self.bank.mask(selection.slot, self.weight.dtype)
         if isinstance(selection, Combine):
             coeffs = selection.for_layer(layer_index)
-            return lookup_combine(coeffs, self.magnitude, self.code_planes(coeffs.shape[0]), self.weight.shape)
+            planes = self.code_planes(coeffs.shape[-1])
+            if coeffs.dim() == 2:  # one row per output neuron
+                return neuron_combine(coeffs, self.magnitude, planes, self.weight.shape)
+            return lookup_combine(coeffs, self.magnitude, planes, self.weight.shape)
         if isinstance(selection, Dense):
             return self.weight
         raise TypeError(f"unknown selection {selection!r}")

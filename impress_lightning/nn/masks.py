@@ -7,7 +7,6 @@ pass hands the incoming gradient to the scores unchanged (edge-popup / SupSup).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -67,23 +66,40 @@ def er_density(shape: Sequence[int], scale: float) -> float:
     return min(0.5, scale * (c_out + c_in) / float(math.prod(shape)))
 
 
-@dataclass(frozen=True)
-class TopK:
+class MaskRule:
+    """How a layer's scores become its binary mask; subclasses are injected by ``class_path`` in configs."""
+
+    def layer_density(self, weight_shape: Sequence[int]) -> float | None:
+        """Fraction of the weights kept in a layer of ``weight_shape`` (None where it depends on the scores)."""
+        raise NotImplementedError
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(vars(self).items()))))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class TopK(MaskRule):
     """Top-k mask rule: keep the fraction ``density`` of each layer's weights with the largest |score|.
 
     Args:
-        density: fraction of weights kept per layer when ``er_scale`` is not set (research code: 0.05-0.25).
+        density: fraction of weights kept per layer when ``er_scale`` is not set.
         er_scale: if set, per-layer densities follow the ER rule with this knob instead (bigger = denser).
     """
 
-    density: float = 0.1
-    er_scale: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.er_scale is None and not 0.0 < self.density <= 1.0:
-            raise ValueError(f"TopK.density must be in (0, 1], got {self.density}; use e.g. 0.1")
-        if self.er_scale is not None and self.er_scale <= 0:
-            raise ValueError(f"TopK.er_scale must be > 0, got {self.er_scale}")
+    def __init__(self, density: float = 0.5, er_scale: float | None = None) -> None:
+        if er_scale is None and not 0.0 < density <= 1.0:
+            raise ValueError(f"TopK.density must be in (0, 1], got {density}; use e.g. 0.5")
+        if er_scale is not None and er_scale <= 0:
+            raise ValueError(f"TopK.er_scale must be > 0, got {er_scale}")
+        self.density, self.er_scale = float(density), er_scale
 
     def layer_density(self, weight_shape: Sequence[int]) -> float:
         """Density used for a layer whose weight has ``weight_shape``."""
@@ -93,11 +109,15 @@ class TopK:
         return topk_mask(scores, self.layer_density(scores.shape))
 
 
-@dataclass(frozen=True)
-class Threshold:
-    """Threshold mask rule (SupSup's task-inference experiments): keep entries with ``score >= threshold``."""
+class Threshold(MaskRule):
+    """Threshold mask rule (SupSup's task-inference experiments): keep entries with ``score >= threshold``.
 
-    threshold: float = 0.0
+    Args:
+        threshold: scores at or above it are kept.
+    """
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        self.threshold = float(threshold)
 
     def layer_density(self, weight_shape: Sequence[int]) -> float | None:
         """Density is data-dependent for this rule."""
@@ -105,6 +125,3 @@ class Threshold:
 
     def __call__(self, scores: Tensor) -> Tensor:
         return threshold_mask(scores, self.threshold)
-
-
-MaskRule = TopK | Threshold

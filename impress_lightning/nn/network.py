@@ -60,8 +60,7 @@ class SupermaskNet(nn.Module):
         if isinstance(selection, Combine):
             # data_ptr + in-place version counter: no device sync, and optimiser steps / load_state_dict
             # (both in-place) change it.
-            alpha = selection.alpha
-            return ("combine", alpha.data_ptr(), alpha._version, banks)
+            return ("combine", *((a.data_ptr(), a._version, tuple(a.shape)) for a in selection.tensors()), banks)
         if isinstance(selection, Impression):
             return ("impression", selection.slot, banks)
         raise ValueError(f"only finished tasks (Impression, Combine) can be cached, got {selection!r}")

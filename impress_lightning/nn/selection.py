@@ -28,16 +28,24 @@ class Impression:
 
 @dataclass(frozen=True, eq=False)
 class Combine:
-    """Combine the first ``n`` bank masks: ``W_l ⊙ Σ_k α[l, k] M_{k,l}``.
+    """Combine the first ``n`` bank masks: ``W_l ⊙ Σ_k α_l[..., k] M_{k,l}``.
 
-    ``alpha`` is ``[L, n]`` (one row per masked layer) or ``[n]`` (one global vector for all layers).
+    ``alpha`` is ``[L, n]`` (one row per masked layer), ``[n]`` (one global vector for all layers), or a
+    sequence with one tensor per masked layer: ``[n]`` (per layer) or ``[out, n]`` (per output neuron), as a
+    :class:`~impress_lightning.nn.coefficients.CombinationRule` lays them out.
     """
 
-    alpha: Tensor
+    alpha: Tensor | tuple[Tensor, ...]
 
     def for_layer(self, layer_index: int) -> Tensor:
         """Coefficients of layer ``layer_index``."""
+        if isinstance(self.alpha, tuple):
+            return self.alpha[layer_index]
         return self.alpha[layer_index] if self.alpha.dim() == 2 else self.alpha
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """Every coefficient tensor this selection reads (for cache tokens)."""
+        return self.alpha if isinstance(self.alpha, tuple) else (self.alpha,)
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,20 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from jsonargparse import ArgumentParser
 
 from impress_lightning.artifact import ArtifactError, TaskBank
+from impress_lightning.bank_model import TaskBankModel
+from impress_lightning.commands import COMMANDS
 from impress_lightning.module import ImpressLearnModule
 
 # Keys Lightning itself writes into a checkpoint; any other top-level dict is a datamodule's state_dict().
@@ -24,53 +27,31 @@ _LIGHTNING_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state_d
                    "datamodule_hparams_name", "datamodule_hyper_parameters", "hparams_type"}
 
 
-def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
-    """Load a Lightning checkpoint of :class:`ImpressLearnModule` on CPU.
+def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict[str, Any], ImpressLearnModule]:
+    """Load a Lightning checkpoint of :class:`ImpressLearnModule` on CPU: its dict (for the datamodule's
+    metadata) and the module rebuilt through ``load_from_checkpoint``.
 
     Read with ``weights_only=True`` unless ``trust`` (for checkpoints that pickle custom objects).
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"--ckpt_path {path} does not exist")
+    content = path.read_bytes()
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+        ckpt = torch.load(io.BytesIO(content), map_location="cpu", weights_only=not trust)
     except Exception as err:  # noqa: BLE001 - one answer for any unreadable file
         hint = "; if you trust it, pass --trust_checkpoint" if not trust else ""
         raise ArtifactError(f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}){hint}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "backbone" not in ckpt.get("hyper_parameters", {}) \
-            or not any(k.startswith("net.") for k in ckpt["state_dict"]):
-        raise ArtifactError(f"--ckpt_path {path} is not an impress-lightning checkpoint (no ImpressLearnModule state)")
-    return ckpt
-
-
-def module_from_checkpoint(ckpt: dict[str, Any]) -> ImpressLearnModule:
-    """Rebuild the trained module from a checkpoint dict (its hyper-parameters, then its state)."""
-    accepted = set(inspect.signature(ImpressLearnModule.__init__).parameters) - {"self"}
-    module = ImpressLearnModule(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted})
-    state = dict(ckpt["state_dict"])
-    if "tasks_learned" not in state and hasattr(module, "tasks_learned"):
-        # Checkpoints written before the module counted its finished tasks: count them from the epochs.
-        state["tasks_learned"] = torch.tensor(tasks_finished_after(module, completed_epochs(ckpt)))
+    if not isinstance(ckpt, dict) or "table.num_learned" not in ckpt.get("state_dict", {}) \
+            or "backbone" not in ckpt.get("hyper_parameters", {}):
+        raise ArtifactError(f"--ckpt_path {path} is not an impress-lightning checkpoint (no ImpressLearnModule state of this version)")
     try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1].strip()
-        raise ArtifactError(f"checkpoint state does not fit ImpressLearnModule(**hyper_parameters): {first}") from None
-    return module.eval()
-
-
-def completed_epochs(ckpt: dict[str, Any]) -> int:
-    """Epochs the checkpointed run had fully trained (its fit loop's processed epochs)."""
-    try:
-        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError):
-        # Weights-only checkpoints have no loop state: assume one saved at the end of epoch `epoch`.
-        return int(ckpt.get("epoch", -1)) + 1
-
-
-def tasks_finished_after(module: ImpressLearnModule, epochs: int) -> int:
-    """How many tasks of ``module``'s schedule are finished after ``epochs`` complete epochs."""
-    return sum(1 for s in module.schedule.stages if s.completes_task and s.last_epoch < epochs)
+        module = ImpressLearnModule.load_from_checkpoint(io.BytesIO(content), map_location="cpu",
+                                                         weights_only=not trust)
+    except (RuntimeError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"--ckpt_path {path}: its state does not fit ImpressLearnModule: {first}") from None
+    return ckpt, module.eval()
 
 
 def _floats(value: Any) -> list[float]:
@@ -143,12 +124,9 @@ def bank_from_checkpoint(path: str | Path, *, normalization: dict[str, Sequence[
                          trust: bool = False) -> tuple[TaskBank, ImpressLearnModule]:
     """The task bank of checkpoint ``path`` and the module it came from. ``normalization`` / ``label_maps``
     override what the datamodule recorded."""
-    ckpt = read_checkpoint(path, trust)
-    module = module_from_checkpoint(ckpt)
+    ckpt, module = read_checkpoint(path, trust)
     stored_norm, stored_maps = data_metadata(ckpt)
-    learned = ckpt["state_dict"].get("tasks_learned")
-    num_learned = int(learned) if learned is not None else tasks_finished_after(module, completed_epochs(ckpt))
-    bank = TaskBank.from_module(module, num_learned, normalization=normalization or stored_norm,
+    bank = TaskBank.from_module(module, normalization=normalization or stored_norm,
                                 label_maps=label_maps if label_maps is not None else stored_maps)
     return bank, module
 
@@ -157,7 +135,7 @@ def bank_from_checkpoint(path: str | Path, *, normalization: dict[str, Sequence[
 def verify(bank: TaskBank, module: ImpressLearnModule, batch: int = 4) -> None:
     """Raise unless the model rebuilt from ``bank``'s saved bytes gives the module's exact logits for every
     learned task on a random batch."""
-    model = TaskBank.from_bytes(bank.to_bytes()).build_model()
+    model = TaskBankModel(TaskBank.from_bytes(bank.to_bytes()))
     x = torch.randn(batch, *bank.input_shape, generator=torch.Generator().manual_seed(0))
     for task in bank.tasks:
         if not torch.equal(model(x, task), module(x, task)):
@@ -169,10 +147,11 @@ def size_report(bank: TaskBank, bank_path: Path, bank_bytes: int, ckpt_path: Pat
     sizes = bank.sizes(bank_bytes)
     k, combos = bank.num_impressions, bank.slots.count(-1)
     weights = sum(math.prod(s) for s in bank.layer_shapes)
-    alpha_shape = "x".join(str(d) for d in bank.alpha.shape[1:]) or "-"
+    rule = bank.combination["name"]
     notes = {
         "masks": f"{k} mask(s) x {sizes['masks'] // max(k, 1):,} B (1 bit per weight, {weights:,} weights)",
-        "alpha": f"{combos} combination task(s) x [{alpha_shape}] float32",
+        "coefficients": f"{combos} combination task(s) x {bank.coefficients.shape[1]} {str(bank.coefficients.dtype)[6:]} "
+                        f"({rule})",
         "batchnorm": f"{len(bank.tasks)} task(s) x {len(bank.bn_names)} BN layer(s), mean+var float32",
         "other": "backbone state that is neither regenerated nor masked",
         "metadata": "shapes, selections, label maps, normalisation, file structure",
@@ -191,13 +170,11 @@ def size_report(bank: TaskBank, bank_path: Path, bank_bytes: int, ckpt_path: Pat
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """Arguments of ``impress-lightning export``."""
-    parser = argparse.ArgumentParser(
-        prog="impress-lightning export",
-        description="Write the compact task bank of a training checkpoint: bit-packed impressions, per-task "
-                    "selections (slot or alpha), BN statistics, label maps and normalisation; the frozen weights "
-                    "are regenerated from the backbone seed, never stored.")
+    parser = ArgumentParser(
+        prog="impress-lightning export", description=COMMANDS["export"] + " The frozen weights are regenerated "
+        "from the backbone seed, never stored.")
     parser.add_argument("--ckpt_path", required=True, type=Path, help="Lightning checkpoint of ImpressLearnModule")
     parser.add_argument("--output", required=True, type=Path, help="task bank file to write (e.g. bank.pt)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

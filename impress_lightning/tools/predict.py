@@ -10,7 +10,6 @@ Inputs: a folder of images (png, jpg, ... read with PIL, converted to the bank's
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -19,12 +18,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentParser
 from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor
 
 from impress_lightning.artifact import ArtifactError, TaskBank
 from impress_lightning.bank_model import TaskBankModel
+from impress_lightning.commands import COMMANDS
 from impress_lightning.data import NormalizeCollate
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -146,10 +147,9 @@ def write_rows(rows: list[dict[str, Any]], output: Path | None, overwrite: bool)
             writer.writerows(rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """Arguments of ``impress-lightning predict``."""
-    parser = argparse.ArgumentParser(prog="impress-lightning predict",
-                                     description="Predict labels with a task bank (or a checkpoint).")
+    parser = ArgumentParser(prog="impress-lightning predict", description=COMMANDS["predict"])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--bank", type=Path, help="task bank written by `impress-lightning export`")
     src.add_argument("--ckpt_path", type=Path, help="training checkpoint (exported in memory)")
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             from impress_lightning.tools.export import bank_from_checkpoint
 
             bank = bank_from_checkpoint(args.ckpt_path)[0]
-        model = bank.build_model()
+        model = TaskBankModel(bank)
         inference = None
         if args.infer:
             from impress_lightning.inference import TaskInference

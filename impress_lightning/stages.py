@@ -1,0 +1,78 @@
+"""What happens when a stage starts: the adaptive placement decision, fresh scores, the coefficient start.
+
+Everything here is decided from state every rank holds identically (the bank, the task table, seeded probe
+data), and it runs again after a resume at a task's first epoch with the same result.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from impress_lightning.nn import Impression
+from impress_lightning.schedule import Stage
+
+if TYPE_CHECKING:
+    from impress_lightning.module import ImpressLearnModule
+
+
+def to_device(batch: Any, trainer: Any) -> Any:
+    """Move a batch to the module's device through the datamodule's transfer hooks (normalisation etc.)."""
+    dm = trainer.datamodule
+    if dm is not None:
+        batch = dm.on_before_batch_transfer(batch, 0)
+    batch = trainer.strategy.batch_to_device(batch)
+    return dm.on_after_batch_transfer(batch, 0) if dm is not None else batch
+
+
+@torch.no_grad()
+def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:
+    """Accuracy of every stored impression, used alone, on ``task``'s probe examples (held-out training
+    data); BN layers normalise with the batch's own statistics (the task has none yet)."""
+    dm = getattr(module.trainer, "datamodule", None)
+    if dm is None or not hasattr(dm, "probe_loader"):
+        raise ValueError("alpha_start='best_impression' and adaptive_bank need a datamodule with probe_loader(task) "
+                         "(TaskSequenceDataModule has one); or set alpha_start='uniform'")
+    stored = module.bank_size
+    correct, total = torch.zeros(stored, dtype=torch.float64), 0
+    was_training = module.training
+    module.eval()
+    bn = "batch" if module.net.bn_names else None
+    for i, batch in enumerate(dm.probe_loader(task)):
+        if i >= module.hparams.probe_batches:
+            break
+        x, y = to_device(batch, module.trainer)
+        for slot in range(stored):
+            logits = module.net(x, Impression(slot), bn_task=bn)[:, : module.num_classes]
+            correct[slot] += float((logits.argmax(1) == y).sum())
+        total += y.numel()
+    module.train(was_training)
+    return (correct / max(total, 1)).tolist()
+
+
+def start_stage(module: ImpressLearnModule, stage: Stage) -> None:
+    """Prepare ``stage`` at its first epoch: decide a pending task's kind, then reset the scores of an
+    impression stage or start the coefficients of a combination stage."""
+    table, task = module.table, stage.task
+    scores: list[float] | None = None
+    if stage.kind == "pending":
+        scores = probe_impressions(module, task)
+        table.probe_accuracy[task] = max(scores, default=-1.0)
+        grow = module.adaptive_bank.becomes_impression(scores, module.bank_size)
+        table.place(task, module.bank_size if grow else None)
+        stage = module.current_stage  # the schedule now holds the decision
+    if stage.kind == "impression":
+        for i, layer in enumerate(module.net.layers):
+            layer.reset_scores(module.hparams.seed * 1_000_003 + stage.index * 1009 + i)
+        return
+    n = module.bank_size  # every impression before this task is frozen by now
+    if n < 1:
+        raise RuntimeError(f"stage {stage.index} combines the stored impressions but the bank is empty: add "
+                           "FreezeImpressions to the trainer's callbacks")
+    best = None
+    if module.hparams.alpha_start == "best_impression":
+        scores = probe_impressions(module, task) if scores is None else scores
+        table.probe_accuracy[task] = max(scores)
+        best = int(torch.tensor(scores).argmax())
+    table.start_coefficients(task, n, best)

@@ -1,0 +1,192 @@
+"""The task table: the one owner of what a learned task is (no Lightning here).
+
+For every task of the stream it holds where the task sits (an impression's bank slot, a combination, or
+not decided yet), how many bank masks its coefficients cover, its flat coefficient vector (cut into one
+view per masked layer by a :class:`~impress_lightning.nn.CombinationRule`), and how many tasks are finished.
+From that it answers the questions training, export and task inference all ask: the selection that
+evaluates a task, its K-space coefficient rows, what it stores, and the coefficient penalty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from impress_lightning.nn import (
+    CombinationRule, Combine, Impression, PerLayer, Selection, one_hot_coefficients, packed_size,
+)
+from impress_lightning.schedule import COMBINATION, PENDING, ImpressionSource
+
+START_RULES = ("best_impression", "uniform")
+
+
+def plan_slots(source: ImpressionSource, num_tasks: int, num_impressions: int,
+               impression_tasks: Sequence[int] | None = None, adaptive: bool = False) -> list[int]:
+    """The placement the config fixes before training: per task its bank slot, COMBINATION or PENDING.
+
+    heterogeneous: the tasks in ``impression_tasks`` (default the first ``num_impressions``) are impressions
+    in that order; with ``adaptive`` every other task is PENDING (decided at its first epoch). homogeneous:
+    task 0 holds slot 0 (its K impressions are stages of task 0). random: every task is a combination.
+    supsup: task t owns slot t.
+    """
+    if source == "supsup":
+        return list(range(num_tasks))
+    if source == "random":
+        return [COMBINATION] * num_tasks
+    if source == "homogeneous":
+        return [0] + [COMBINATION] * (num_tasks - 1)
+    chosen = list(range(min(num_impressions, num_tasks))) if impression_tasks is None else list(impression_tasks)
+    bad = [t for t in chosen if not 0 <= t < num_tasks]
+    if bad or len(set(chosen)) != len(chosen) or not chosen:
+        raise ValueError(f"impression_tasks={list(impression_tasks or [])} must name distinct tasks in "
+                         f"0..{num_tasks - 1} (at least one)")
+    if 0 not in chosen:
+        raise ValueError(f"impression_tasks={chosen} must include task 0: the first task has no impression "
+                         "to combine")
+    slots = [PENDING if adaptive else COMBINATION] * num_tasks
+    for slot, task in enumerate(sorted(chosen)):
+        slots[task] = slot
+    return slots
+
+
+class TaskTable(nn.Module):
+    """Per-task placement and coefficients of a stream of ``len(slots)`` tasks over a bank of ``capacity``.
+
+    Args:
+        slots: initial placement per task (see :func:`plan_slots`).
+        capacity: bank slots every masked layer has.
+        rule: the combination rule that lays out each layer's coefficients.
+        weight_shapes: shapes of the masked layers' weights, in the network's order.
+    """
+
+    def __init__(self, slots: Sequence[int], capacity: int, rule: CombinationRule | None,
+                 weight_shapes: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        self.rule = rule or PerLayer()
+        self.capacity = capacity
+        self.weight_shapes = [tuple(int(d) for d in s) for s in weight_shapes]
+        self.slices = self.rule.layout(self.weight_shapes, max(capacity, 1))
+        self.size = max(s.offset + s.numel for s in self.slices)
+        self.register_buffer("slots", torch.tensor(list(slots), dtype=torch.long))
+        # How many bank masks each task's coefficients cover (the bank size when the task started).
+        self.register_buffer("mask_count", torch.zeros(len(slots), dtype=torch.long))
+        self.register_buffer("num_learned", torch.zeros((), dtype=torch.long))
+        # The best stored impression's accuracy on the task's probe examples when it started (-1: not probed);
+        # it says why an adaptive-bank task became what it is.
+        self.register_buffer("probe_accuracy", torch.full((len(slots),), -1.0))
+        # Every coefficient vector exists and requires grad from the start (DDP-safe); only the current
+        # task's ever receives a gradient.
+        self.coefficients = nn.ParameterList([nn.Parameter(torch.zeros(self.size)) for _ in slots])
+
+    # ----- placement ---------------------------------------------------------------------------------------
+    @property
+    def num_tasks(self) -> int:
+        return len(self.coefficients)
+
+    def slot_list(self) -> tuple[int, ...]:
+        """Placement codes of every task (the task schedule's input)."""
+        return tuple(int(s) for s in self.slots.tolist())
+
+    def slot_of(self, task: int) -> int | None:
+        """Bank slot that evaluates ``task`` by itself, or None for a combination (or pending) task."""
+        slot = int(self.slots[task])
+        return slot if slot >= 0 else None
+
+    def place(self, task: int, slot: int | None) -> None:
+        """Record the decision for pending ``task``: impression in ``slot``, or a combination (None)."""
+        self.slots[task] = COMBINATION if slot is None else slot
+
+    # ----- coefficients ------------------------------------------------------------------------------------
+    def layer_views(self, flat: Tensor, n: int) -> tuple[Tensor, ...]:
+        """One coefficient tensor per masked layer, over the first ``n`` bank masks."""
+        return tuple(flat[s.offset:s.offset + s.numel].view(s.shape)[..., :n] for s in self.slices)
+
+    def start_coefficients(self, task: int, n: int, best_slot: int | None) -> None:
+        """Initialise combination ``task`` over ``n`` masks: the one-hot of ``best_slot`` (it reproduces that
+        impression exactly), or uniform 1/n where ``best_slot`` is None."""
+        if not 1 <= n <= self.capacity:
+            raise ValueError(f"task {task} would combine {n} masks; the bank has {self.capacity} slots")
+        with torch.no_grad():
+            param = self.coefficients[task]
+            if best_slot is None:
+                start = torch.zeros(self.size)
+                for s in self.slices:
+                    start[s.offset:s.offset + s.numel].view(s.shape)[..., :n] = 1.0 / n
+            else:
+                start = one_hot_coefficients(self.slices, best_slot, self.size)
+            param.copy_(start.to(param.device, param.dtype))
+        self.mask_count[task] = n
+
+    def finish(self, task: int) -> None:
+        """Round a finished combination task's coefficients to their stored precision."""
+        if self.slot_of(task) is None:
+            with torch.no_grad():
+                param = self.coefficients[task]
+                param.copy_(self.rule.round_to_storage(param))
+
+    def selection(self, task: int) -> Selection:
+        """The weights of ``task``: its impression, or its combination over the masks it was learned with."""
+        slot = self.slot_of(task)
+        if slot is not None:
+            return Impression(slot)
+        n = int(self.mask_count[task])
+        if n < 1:
+            raise RuntimeError(f"task {task} has no coefficients yet (it has not started)")
+        return Combine(self.layer_views(self.coefficients[task], n))
+
+    def penalty(self, task: int) -> Tensor:
+        """``Σ_rows (‖α_row‖₁ − 1)²`` over every coefficient row of ``task`` (a layer, or one output neuron)."""
+        n = int(self.mask_count[task])
+        flat = self.coefficients[task]
+        unique = {(s.offset, s.shape): s for s in self.slices}.values()
+        rows = [flat[s.offset:s.offset + s.numel].view(-1, s.shape[-1])[:, :n] for s in unique]
+        return sum(((r.abs().sum(dim=1) - 1.0) ** 2).sum() for r in rows)
+
+    def kspace_rows(self, count: int, n: int) -> tuple[Tensor, ...]:
+        """Per masked layer, the coefficients ``[count, *shape]`` of tasks ``0..count-1`` over the first ``n``
+        bank masks: one-hot rows for impression tasks, the learned coefficients (zero-padded to n) otherwise.
+        The superposition Σ_t β_t rows[t] is then one combination over n masks (task inference)."""
+        device = self.coefficients[0].device
+        rows = []
+        for task in range(count):
+            slot = self.slot_of(task)
+            if slot is not None:
+                flat = one_hot_coefficients(self.slices, slot, self.size).to(device)
+            else:
+                mask_count = int(self.mask_count[task])
+                flat = self.coefficients[task].detach().clone()
+                for s in self.slices:
+                    flat[s.offset:s.offset + s.numel].view(s.shape)[..., mask_count:] = 0.0
+            rows.append(flat)
+        stacked = torch.stack(rows) if rows else torch.zeros(0, self.size, device=device)
+        return tuple(stacked[:, s.offset:s.offset + s.numel].view(-1, *s.shape)[..., :n] for s in self.slices)
+
+    def layer_summary(self, task: int, n: int) -> Tensor:
+        """``[L, n]`` coefficients of combination ``task`` for plots: per layer its α (per-neuron rows
+        averaged over the neurons), zero-padded to the ``n`` masks stored now."""
+        count = int(self.mask_count[task])
+        views = self.layer_views(self.coefficients[task].detach(), count)
+        out = torch.zeros(len(views), n)
+        for i, view in enumerate(views):
+            out[i, :count] = view.reshape(-1, count).mean(dim=0).cpu()
+        return out
+
+    # ----- storage -----------------------------------------------------------------------------------------
+    def coefficient_count(self, task: int) -> int:
+        """Floats combination ``task`` stores (shared slices counted once)."""
+        n = int(self.mask_count[task])
+        unique = {(s.offset, s.shape) for s in self.slices}
+        return sum(math.prod(shape[:-1]) * n for _, shape in unique)
+
+    def storage(self, task: int, mask_numels: Sequence[int]) -> dict[str, int]:
+        """What ``task`` trained and what it keeps: ``trainable_parameters`` and ``stored_bytes`` (its bit-packed
+        mask, or its coefficients at the rule's precision)."""
+        if self.slot_of(task) is not None:
+            return {"trainable_parameters": int(sum(mask_numels)),
+                    "stored_bytes": int(sum(packed_size(n) for n in mask_numels))}
+        count = self.coefficient_count(task)
+        return {"trainable_parameters": count, "stored_bytes": count * self.rule.bytes_per_value}
+
