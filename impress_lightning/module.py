@@ -60,7 +60,7 @@ class ImpressLearnModule(L.LightningModule):
             probe examples) or "uniform" (1/K on every impression, the research code's start).
         impression_epochs: epochs per impression stage.
         combination_epochs: epochs per combination task.
-        mask_optimizer: optimiser for mask scores; default Adam(lr=1e-2).
+        mask_optimizer: optimiser for mask scores; default Adam(lr=1e-3).
         alpha_optimizer: optimiser for α; default Adam(lr=1e-2, weight_decay=1e-4).
         cosine_schedule: cosine-anneal the learning rate to 0 within each stage.
         alpha_regularization: λ of λ·Σ_rows (‖α_row‖₁ − 1)².
@@ -97,7 +97,8 @@ class ImpressLearnModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["mask_optimizer", "alpha_optimizer"])
         self.automatic_optimization = False  # two optimisers of fixed structure; the stage picks one
-        _check_config(impression_source, num_tasks, num_impressions, impression_tasks, adaptive_bank, alpha_start)
+        _check_config(impression_source, num_tasks, num_impressions, impression_tasks, adaptive_bank, alpha_start,
+                      probe_batches)
         self.num_tasks, self.num_classes = num_tasks, num_classes
         self.rule = mask_rule or TopK()
         self.adaptive_bank = adaptive_bank
@@ -252,7 +253,7 @@ class ImpressLearnModule(L.LightningModule):
     # ----- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         scores = [layer.scores for layer in self.net.layers]
-        mask_opt = (self.mask_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-2)))(scores)
+        mask_opt = (self.mask_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-3)))(scores)
         alpha_opt = (self.alpha_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-4)))(
             list(self.table.coefficients))
         # The stage's cosine goes through Lightning's scheduler API (LearningRateMonitor sees it); both are
@@ -320,12 +321,14 @@ class ImpressLearnModule(L.LightningModule):
 
 
 def _check_config(source: str, num_tasks: int, num_impressions: int, impression_tasks: list[int] | None,
-                  adaptive: AdaptiveBank | None, alpha_start: str) -> None:
+                  adaptive: AdaptiveBank | None, alpha_start: str, probe_batches: int) -> None:
     """One-line errors for settings that do not fit together."""
     if source not in IMPRESSION_SOURCES:
         raise ValueError(f"impression_source={source!r}: use one of {list(IMPRESSION_SOURCES)}")
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    if probe_batches < 1:
+        raise ValueError(f"probe_batches={probe_batches} must be >= 1")
     if alpha_start not in ALPHA_STARTS:
         raise ValueError(f"alpha_start={alpha_start!r}: use one of {list(ALPHA_STARTS)}")
     if (impression_tasks is not None or adaptive is not None) and source != "heterogeneous":

@@ -19,17 +19,15 @@ class AdaptiveBank:
         target: accuracy the best stored impression must reach on the probe for the task to become a
             combination task.
         max_impressions: bank capacity: once this many impressions are stored, every later task combines.
-        probe_batches: probe batches scored per impression (of the datamodule's evaluation batch size).
+    The probe's size is the module's ``probe_batches``.
     """
 
-    def __init__(self, target: float = 0.8, max_impressions: int = 12, probe_batches: int = 2) -> None:
+    def __init__(self, target: float = 0.8, max_impressions: int = 12) -> None:
         if not 0.0 < target <= 1.0:
             raise ValueError(f"AdaptiveBank.target={target} must be in (0, 1]; e.g. 0.8")
         if max_impressions < 1:
             raise ValueError(f"AdaptiveBank.max_impressions={max_impressions} must be >= 1")
-        if probe_batches < 1:
-            raise ValueError(f"AdaptiveBank.probe_batches={probe_batches} must be >= 1")
-        self.target, self.max_impressions, self.probe_batches = float(target), int(max_impressions), int(probe_batches)
+        self.target, self.max_impressions = float(target), int(max_impressions)
 
     def becomes_impression(self, probe_accuracy: Sequence[float], stored: int) -> bool:
         """Whether a task whose stored impressions score ``probe_accuracy`` learns a new impression."""
@@ -37,8 +35,7 @@ class AdaptiveBank:
         return stored < self.max_impressions and best < self.target
 
     def __repr__(self) -> str:
-        return (f"AdaptiveBank(target={self.target}, max_impressions={self.max_impressions}, "
-                f"probe_batches={self.probe_batches})")
+        return f"AdaptiveBank(target={self.target}, max_impressions={self.max_impressions})"
 
 
 def placement_reason(kind: str, probe_accuracy: float, adaptive: AdaptiveBank | None, stored: int) -> str:

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 
 from impress_lightning.metrics import AccuracyMatrix, summarise, validate_matrix
 
-TASK_KINDS = ("impression", "combination")
-_KIND_STYLE = {"impression": ("I", "tab:blue"), "combination": ("C", "tab:orange")}
+TASK_KINDS = ("impression", "combination", "pending")  # pending: an adaptive-bank task not started yet
+_KIND_STYLE = {"impression": ("I", "tab:blue"), "combination": ("C", "tab:orange"), "pending": ("?", "tab:gray")}
 ANNOTATE_MAX_TASKS = 20  # above this the "0.97" labels no longer fit in a cell
 _ANNOTATE_MAX_ALPHA_CELLS = 160
 
