@@ -9,7 +9,8 @@ import torch
 from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator
 from impress_lightning.data import TaskSequenceDataModule
 from impress_lightning.module import ImpressLearnModule
-from impress_lightning.nn import TopK
+from impress_lightning.nn import Global, PerLayer, PerNeuron, TopK
+from impress_lightning.placement import AdaptiveBank
 
 
 def digits_stream(num_tasks: int) -> TaskSequenceDataModule:
@@ -47,14 +48,24 @@ class LogitsProbe(L.Callback):
             self.at_end = {t: module(self.probe, t).clone() for t in self.after_task}
 
 
-@pytest.mark.parametrize("backbone, source", [("lenet_300_100", "heterogeneous"), ("gem_resnet18", "heterogeneous"),
-                                              ("lenet_300_100", "supsup")])
-def test_every_task_logits_bit_identical_after_later_tasks(tmp_path, backbone, source):
+RULES = {  # every combination rule and start, and the adaptive bank
+    "per_layer": {"combination": PerLayer()},
+    "global_uniform": {"combination": Global(), "alpha_start": "uniform"},
+    "per_neuron_fp16": {"combination": PerNeuron(precision="float16")},
+    "adaptive": {"adaptive_bank": AdaptiveBank(target=0.9, max_impressions=3)},
+}
+
+
+@pytest.mark.parametrize("backbone, source, rule", [
+    ("lenet_300_100", "heterogeneous", "per_layer"), ("gem_resnet18", "heterogeneous", "per_neuron_fp16"),
+    ("lenet_300_100", "supsup", "per_layer"), ("lenet_300_100", "heterogeneous", "global_uniform"),
+    ("lenet_300_100", "heterogeneous", "per_neuron_fp16"), ("gem_resnet18", "heterogeneous", "adaptive")])
+def test_every_task_logits_bit_identical_after_later_tasks(tmp_path, backbone, source, rule):
     torch.manual_seed(0)
     dm = digits_stream(4)
     module = ImpressLearnModule(backbone=backbone, num_tasks=4, num_classes=dm.num_classes,
                                 input_shape=dm.input_shape, num_impressions=2, impression_source=source,
-                                mask_rule=TopK(0.3))
+                                mask_rule=TopK(0.3), **RULES[rule])
     probe = LogitsProbe(torch.randn(16, *dm.input_shape))
     fit(module, dm, tmp_path, [probe])
     assert sorted(probe.after_task) == [0, 1, 2, 3]

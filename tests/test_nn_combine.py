@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from impress_lightning.nn import Combine, SupermaskConv2d, SupermaskLinear, SupermaskNet, naive_combine
+from impress_lightning.nn import (
+    Combine, Global, PerNeuron, SupermaskConv2d, SupermaskLinear, SupermaskNet, naive_combine,
+)
 from impress_lightning.nn.combine import MAX_PLANE_BITS
 
 KS = [1, 3, 10, 20]
@@ -107,3 +109,48 @@ def test_more_coefficients_than_masks_is_an_error() -> None:
     net = make_net(3)
     with pytest.raises(IndexError, match="masks"):
         net.effective_weights(Combine(torch.ones(net.num_layers, 4)))
+
+
+def per_neuron_alpha(net: SupermaskNet, k: int, layers: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Per-neuron ``[out, k]`` coefficients on ``layers``, per-layer ``[k]`` elsewhere (float64)."""
+    gen = torch.Generator().manual_seed(100 + k)
+    shapes = PerNeuron(layers).layer_shapes([layer.weight.shape for layer in net.layers], k)
+    return tuple(torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes)
+
+
+@pytest.mark.parametrize("k", [1, 3, 13])
+@pytest.mark.parametrize("layers", [(-1,), (0, 1)])
+def test_per_neuron_combine_and_gradient_match_a_naive_float64_formula(k: int, layers: tuple[int, ...]) -> None:
+    net = make_net(k, seed=k)
+    alpha64 = [a.requires_grad_() for a in per_neuron_alpha(net, k, layers)]
+    alpha = [a.detach().float().requires_grad_() for a in alpha64]
+    fast = net.effective_weights(Combine(tuple(alpha)))
+    slow = []
+    for layer, coeffs in zip(net.layers, alpha64):  # W[o] * sum_k a[o, k] M_k[o], written out per output row
+        masks = layer.bank.masks(k).view(k, *layer.weight.shape).double()
+        weight = layer.weight.double()
+        if coeffs.dim() == 2:
+            rows = [weight[o] * sum(coeffs[o, j] * masks[j, o] for j in range(k)) for o in range(weight.shape[0])]
+            slow.append(torch.stack(rows))
+        else:
+            slow.append(weight * sum(coeffs[j] * masks[j] for j in range(k)))
+    upstream = [torch.randn(w.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+                for i, w in enumerate(slow)]
+    for f, s in zip(fast, slow):
+        assert f.shape == s.shape and f.dtype == torch.float32
+        torch.testing.assert_close(f.double(), s.detach(), rtol=1e-5, atol=1e-6)
+    sum((f.double() * g).sum() for f, g in zip(fast, upstream)).backward()
+    sum((s * g).sum() for s, g in zip(slow, upstream)).backward()
+    for a, a64 in zip(alpha, alpha64):
+        assert a.grad is not None and a.grad.shape == a64.shape
+        torch.testing.assert_close(a.grad.double(), a64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_per_neuron_rule_lays_out_rows_for_the_chosen_layers_only() -> None:
+    shapes = [(300, 784), (100, 300), (10, 100)]
+    slices = PerNeuron((-2, -1)).layout(shapes, 3)
+    assert [s.shape for s in slices] == [(3,), (100, 3), (10, 3)]
+    assert [s.offset for s in slices] == [0, 3, 303]
+    assert [s.shape for s in Global().layout(shapes, 3)] == [(3,)] * 3 and Global().layout(shapes, 3)[2].offset == 0
+    with pytest.raises(ValueError, match="PerNeuron.layers"):
+        PerNeuron((5,)).layout(shapes, 3)
