@@ -30,6 +30,7 @@ from impress_lightning.cli import main
 from impress_lightning.data import EmbeddedDigits
 from impress_lightning.module import ImpressLearnModule
 from impress_lightning.nn import TopK
+from impress_lightning.placement import AdaptiveBank
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
@@ -72,7 +73,8 @@ class RankSnapshot(L.Callback):
                  "banks": [layer.bank.packed.cpu().clone() for layer in pl_module.net.layers],
                  "counts": [len(layer.bank) for layer in pl_module.net.layers],
                  "scores": [layer.scores.detach().cpu().clone() for layer in pl_module.net.layers],
-                 "bn": [t.cpu().clone() for bn in pl_module.net.batchnorms for t in (bn.task_mean, bn.task_var)]}
+                 "bn": [t.cpu().clone() for bn in pl_module.net.batchnorms for t in (bn.task_mean, bn.task_var)],
+                 "slots": pl_module.table.slots.cpu().clone(), "probe": pl_module.table.probe_accuracy.cpu().clone()}
         torch.save(state, Path(self.out) / f"rank{trainer.global_rank}_task{stage.task}.pt")
 
 
@@ -213,3 +215,25 @@ def test_ddp_trainer_config_finds_unused_parameters(capsys: pytest.CaptureFixtur
     trainer = capsys.readouterr().out.split("\ntrainer:\n", 1)[1]
     for line in ("strategy: ddp_find_unused_parameters_true", "num_nodes: 1", "sync_batchnorm: false"):
         assert f"  {line}\n" in trainer, line
+
+
+@pytest.mark.slow
+def test_ranks_make_identical_adaptive_bank_decisions(tmp_path: Path) -> None:
+    """Every rank probes the same held-out examples with the same bank, so every placement decision, probe
+    score, mask and coefficient agrees across 2 processes after every task."""
+    model = ImpressLearnModule(num_tasks=NUM_TASKS, num_classes=10, input_shape=(1, 8, 8), mask_rule=TopK(0.3),
+                               adaptive_bank=AdaptiveBank(target=0.8, max_impressions=2), impression_epochs=1,
+                               combination_epochs=1, seed=SEED)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PL_GLOBAL_SEED", str(SEED))
+        fit(WORLD, model, make_data(EmbeddedDigits, PER_RANK_BATCH), tmp_path / "runs", out, [])
+    for task in range(NUM_TASKS):
+        ranks = [snapshot(out, rank, task) for rank in range(WORLD)]
+        for key in ("slots", "probe", "banks", "alphas", "counts"):
+            first, second = ranks[0][key], ranks[1][key]
+            pairs = zip(first, second) if isinstance(first, list) else [(first, second)]
+            assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in pairs), (task, key)
+    final = snapshot(out, 0, NUM_TASKS - 1)["slots"].tolist()
+    assert final == [0, 1, -1, -1]  # tasks 1.. decided on the probe; the bank (2) is full after task 1

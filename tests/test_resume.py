@@ -198,3 +198,40 @@ def test_every_task_boundary_is_a_checkpoint_that_resumes_exactly(tmp_path: Path
     assert task_files(tmp_path / "resumed") == names[2:]
     for key, value in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+ADAPTIVE = ("--model.adaptive_bank", "impress_lightning.placement.AdaptiveBank", "--model.adaptive_bank.target", "0.8",
+            "--model.adaptive_bank.max_impressions", "2")
+
+
+@pytest.mark.slow
+def test_adaptive_bank_decisions_survive_a_kill_and_resume(tmp_path: Path) -> None:
+    """Tasks 1.. are decided at their first epoch; a run SIGKILLed inside task 2 and resumed makes the same
+    decisions, states and accuracy matrix as an uninterrupted one."""
+    pause = {"class_path": "pause_at.PauseAt", "init_args": {"epoch": 2, "batch": 1, "marker": str(tmp_path / "paused")}}
+    full = start_cli(stream_args(tmp_path / "a", *ADAPTIVE), tmp_path / "a.log")
+    killed = start_cli(stream_args(tmp_path / "b", *ADAPTIVE, f"--trainer.callbacks+={json.dumps(pause)}"),
+                       tmp_path / "b.log")
+    try:
+        wait_for(tmp_path / "paused", killed, tmp_path / "b.log")
+        os.kill(killed.pid, signal.SIGKILL)
+        assert killed.wait(timeout=60) == -signal.SIGKILL
+        resumed = run_cli(stream_args(tmp_path / "b", *ADAPTIVE, "--ckpt_path", "last"))
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+        assert full.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()[-3000:]
+    finally:
+        for process in (full, killed):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = [json.loads((tmp_path / r / "quickstart" / "retention.json").read_text()) for r in ("a", "b")]
+    assert results[0]["accuracy_matrix"] == results[1]["accuracy_matrix"]
+    fields = ("kind", "placement", "best_impression_probe_accuracy", "stored_bytes")
+    decisions = [[{k: t[k] for k in fields} for t in r["tasks"]] for r in results]
+    assert decisions[0] == decisions[1]
+    kinds = [t["kind"] for t in results[0]["tasks"]]
+    assert kinds == ["impression", "impression", "combination", "combination"]  # the bank holds 2: then it is full
+    assert "probe" in results[0]["tasks"][1]["placement"] and "bank full" in results[0]["tasks"][3]["placement"]
+    weights = [torch.load(tmp_path / r / "quickstart" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+               for r in ("a", "b")]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
