@@ -9,7 +9,7 @@ so a resumed run sees exactly the same batches.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import lightning as L
 import torch
@@ -22,7 +22,8 @@ from impress_lightning.data.seeding import PROBE, SHUFFLE, generator
 from impress_lightning.data.sources import InMemorySource
 from impress_lightning.data.tensors import NormalizeCollate
 
-FAMILIES = ("permute", "rotate", "split")
+Family = Literal["permute", "rotate", "split"]
+FAMILIES: tuple[str, ...] = get_args(Family)
 
 
 class TaskSequenceDataModule(L.LightningDataModule):
@@ -54,7 +55,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
         pin_memory: pin batches in page-locked memory; None pins when CUDA is available.
     """
 
-    def __init__(self, dataset: str = "digits", family: Literal["permute", "rotate", "split"] = "rotate",
+    def __init__(self, dataset: str = "digits", family: Family = "rotate",
                  num_tasks: int = 5, classes_per_task: int | None = None, data_dir: str = "data",
                  download: bool = False, batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
                  val_fraction: float = 0.1, train_subset: int | None = None, seed: int = 0,

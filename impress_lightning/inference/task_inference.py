@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor
@@ -25,8 +25,10 @@ from impress_lightning.inference.superposition import (
 from impress_lightning.nn import Combine, SupermaskNet
 
 StrategyName = Literal["oneshot", "binary", "alpha_fit"]
+SuperpositionNorm = Literal["l1", "none"]
+AlphaFitGranularity = Literal["per_layer", "global"]
 Classifier = Callable[[Tensor, int], Tensor]
-_STRATEGIES = ("oneshot", "binary", "alpha_fit")
+_STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 
 
 @dataclass(frozen=True)
@@ -76,19 +78,19 @@ class TaskInference:
 
     strategy: StrategyName = "oneshot"
     objective: ObjectiveName = "entropy"
-    superposition_norm: Literal["l1", "none"] = "l1"
+    superposition_norm: SuperpositionNorm = "l1"
     num_examples: int | None = None
     alpha_fit_steps: int = 10
     alpha_fit_lr: float = 0.1
     alpha_fit_optimizer: OptimizerName = "adam"
-    alpha_fit_granularity: Literal["per_layer", "global"] = "per_layer"
+    alpha_fit_granularity: AlphaFitGranularity = "per_layer"
     alpha_fit_reg: float = 1.0
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r} is unknown; choose one of {list(_STRATEGIES)}")
         get_objective(self.objective)  # validates the name
-        if self.superposition_norm not in ("l1", "none"):
+        if self.superposition_norm not in get_args(SuperpositionNorm):
             raise ValueError(f"superposition_norm={self.superposition_norm!r} is unknown; use 'l1' or 'none'")
         if self.num_examples is not None and self.num_examples < 1:
             raise ValueError(f"num_examples must be >= 1 (or None for the whole batch), got {self.num_examples}")
@@ -96,9 +98,9 @@ class TaskInference:
             raise ValueError(f"alpha_fit_steps must be >= 0, got {self.alpha_fit_steps}")
         if self.alpha_fit_lr <= 0:
             raise ValueError(f"alpha_fit_lr must be > 0, got {self.alpha_fit_lr}")
-        if self.alpha_fit_optimizer not in ("adam", "sgd"):
+        if self.alpha_fit_optimizer not in get_args(OptimizerName):
             raise ValueError(f"alpha_fit_optimizer={self.alpha_fit_optimizer!r} is unknown; use 'adam' or 'sgd'")
-        if self.alpha_fit_granularity not in ("per_layer", "global"):
+        if self.alpha_fit_granularity not in get_args(AlphaFitGranularity):
             raise ValueError(f"alpha_fit_granularity={self.alpha_fit_granularity!r} is unknown; "
                              f"use 'per_layer' or 'global'")
         if self.alpha_fit_reg < 0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ class CombinationRule:
     """
 
     def __init__(self, precision: Precision = "float32") -> None:
-        if precision not in ("float32", "float16"):
+        if precision not in get_args(Precision):
             raise ValueError(f"precision={precision!r}: use 'float32' or 'float16'")
         self.precision = precision
 
