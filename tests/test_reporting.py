@@ -1,23 +1,21 @@
 """Reporting to loggers: a W&B offline run's records, CSV and TensorBoard metric names, the table helpers.
 
 The end-to-end tests run a 3-task stream (2 impressions, then 1 combination task) through the real CLI with
-``configs/logger/*.yaml`` as the second ``--config``, then read what each logger wrote to disk. W&B 0.31
-writes an offline run as media files under ``files/media/`` plus one transaction log ``run-<id>.wandb``
-(history, summary and config records); :func:`wandb_records` reads that log with wandb's own protobuf
-``Record`` message.
+``configs/logger/*.yaml`` as the second ``--config``. CSV and TensorBoard are read from disk; for W&B, like
+Lightning's own WandbLogger tests, ``wandb.init`` is replaced by a recording run and the test checks what
+the logger sends it (history rows, tables, images, config).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import inspect
 import json
-import struct
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -62,94 +60,52 @@ def run_stream(tmp_path: Path, logger_config: str, monkeypatch: pytest.MonkeyPat
     return summary
 
 
-# ----- reading a W&B offline run -------------------------------------------------------------------------------
-def wandb_records(path: Path) -> Iterator[Any]:
-    """The ``wandb_internal_pb2.Record`` messages of a ``.wandb`` transaction log.
+# ----- a W&B run that records what the logger sends (as Lightning's own WandbLogger tests mock wandb.init) -------
+class RecordingRun:
+    """Stands in for the ``wandb.Run`` that ``wandb.init`` returns: keeps every ``log`` call (the history
+    rows), the summary W&B would show (the last value of every key) and the config updates."""
 
-    Layout (as wandb-core 0.31 writes it): a 7-byte header ``:W&B`` + magic + version, then 32 KiB blocks of
-    chunks, each a 7-byte header (CRC32, little-endian length, type: 1 full, 2 first, 3 middle, 4 last)
-    followed by that many bytes of a serialised record; a block tail shorter than a chunk header is padding.
-    """
-    from wandb.proto import wandb_internal_pb2
+    def __init__(self, **init: Any) -> None:
+        self.init, self.history, self.summary, self.config_values = init, [], {}, {}
+        self.id, self.name, self.dir = "recorded", "recorded", init.get("dir")
+        self.config = SimpleNamespace(update=lambda values, **kwargs: self.config_values.update(values))
 
-    data, block, pos, pending = path.read_bytes(), 32768, 7, b""
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
-    while pos + 7 <= len(data):
-        room = block - pos % block
-        if room < 7:
-            pos += room
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if length == 0 and kind == 0:  # zero padding up to the block end
-            pos += room
-            continue
-        if pos + 7 + length > len(data):  # a chunk still being written
-            return
-        pending += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
-            pending = b""
+    def log(self, row: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        self.history.append(dict(row))
+        self.summary.update(row)
+
+    def finish(self) -> None:
+        pass
 
 
-def _items(updates: Any) -> dict[str, Any]:
-    return {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in updates}
-
-
-def finished_records(path: Path, timeout: float = 60.0) -> list[Any]:
-    """The records of ``path`` once its closing ``exit`` record is on disk.
-
-    ``run.finish()`` can return before wandb-core (a separate process) has written the log (measured: the
-    file still held only its 7-byte header right after ``finish()``, and the full log a second later).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        records = list(wandb_records(path)) if path.stat().st_size > 7 else []
-        if any(record.WhichOneof("record_type") == "exit" for record in records):
-            return records
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} has no exit record {timeout:.0f} s after the run finished")
-        time.sleep(0.2)
-
-
-def read_offline_run(save_dir: Path) -> dict[str, Any]:
-    """History rows, final summary and config of the single offline run under ``save_dir/wandb``."""
-    runs = sorted((save_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, f"expected one offline run under {save_dir / 'wandb'}, found {runs}"
-    history: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
-    config: dict[str, Any] = {}
-    for record in finished_records(next(runs[0].glob("run-*.wandb"))):
-        kind = record.WhichOneof("record_type")
-        if kind == "history":
-            history.append(_items(record.history.item))
-        elif kind == "summary":
-            summary.update(_items(record.summary.update))
-        elif kind == "config":
-            config.update(_items(record.config.update))
-    return {"dir": runs[0], "history": history, "summary": summary, "config": config}
+def scalars(row: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if isinstance(v, (int, float))}
 
 
 def scalar_names(rows: list[dict[str, Any]]) -> set[str]:
     """Metric names in W&B history rows, without bookkeeping keys and without media (tables, images)."""
-    media = {key.rsplit("/", 1)[0] for row in rows for key in row if key.endswith("/_type")}
-    return {key for row in rows for key in row
-            if key not in BOOKKEEPING and not any(key.startswith(m + "/") for m in media)}
+    return {key for row in rows for key in scalars(row) if key not in BOOKKEEPING}
 
 
 @pytest.fixture(scope="module")
 def wandb_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import wandb
+
     tmp_path = tmp_path_factory.mktemp("wandb")
+    runs: list[RecordingRun] = []
+
+    @functools.wraps(wandb.init)  # keeps wandb.init's signature: LightningCLI reads WandbLogger's kwargs from it
+    def init(**kwargs: Any) -> RecordingRun:
+        runs.append(RecordingRun(**kwargs))
+        return runs[-1]
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_CONSOLE", "off")
-        for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-            mp.setenv(var, str(tmp_path / "wandb-home"))
+        mp.setattr(wandb, "init", init)
         retention = run_stream(tmp_path, "wandb.yaml", mp)
-    return {"retention": retention, **read_offline_run(tmp_path / "runs")}
+    assert len(runs) == 1
+    return {"retention": retention, "history": runs[0].history, "summary": runs[0].summary,
+            "config": runs[0].config_values, "run": runs[0]}
 
 
 # ----- W&B -----------------------------------------------------------------------------------------------------
@@ -166,38 +122,42 @@ def test_wandb_history_and_summary_hold_the_stream_metrics(wandb_run):
     steps = [row["trainer/global_step"] for row in history if "trainer/global_step" in row]
     assert steps == sorted(steps), "W&B's step axis (trainer/global_step) went backwards"
     # Each task's table arrives at the step of that task's retention/* scalars.
-    table_steps = [row["trainer/global_step"] for row in history if "retention/accuracy_matrix/_type" in row]
+    table_steps = [row["trainer/global_step"] for row in history if "retention/accuracy_matrix" in row]
     metric_steps = [row["trainer/global_step"] for row in history if "retention/average_accuracy" in row]
     assert table_steps == metric_steps
 
 
 @pytest.mark.slow
 def test_wandb_tables_match_retention_json(wandb_run):
-    run_dir, summary, retention = wandb_run["dir"], wandb_run["summary"], wandb_run["retention"]
-    assert len(list((run_dir / "files/media/table/retention").glob("accuracy_matrix_*.table.json"))) == 3
-    latest = json.loads((run_dir / "files" / summary["retention/accuracy_matrix/path"]).read_text())
-    assert latest["columns"] == ["after_task", "task_0", "task_1", "task_2", "average"]
-    for i, (table_row, row) in enumerate(zip(latest["data"], retention["accuracy_matrix"], strict=True)):
+    import wandb
+
+    history, retention = wandb_run["history"], wandb_run["retention"]
+    tables = [row["retention/accuracy_matrix"] for row in history if "retention/accuracy_matrix" in row]
+    assert len(tables) == 3 and all(isinstance(t, wandb.Table) for t in tables)
+    latest = tables[-1]
+    assert latest.columns == ["after_task", "task_0", "task_1", "task_2", "average"]
+    for i, (table_row, row) in enumerate(zip(latest.data, retention["accuracy_matrix"], strict=True)):
         assert table_row[0] == i
         assert table_row[1:4] == pytest.approx(row)
         assert table_row[4] == pytest.approx(sum(row[: i + 1]) / (i + 1))
-    storage = json.loads((run_dir / "files" / summary["storage/tasks/path"]).read_text())
-    stored = [dict(zip(storage["columns"], values)) for values in storage["data"]]
+    storage = wandb_run["summary"]["storage/tasks"]
+    stored = [dict(zip(storage.columns, values)) for values in storage.data]
     assert [s["kind"] for s in stored] == ["impression", "impression", "combination"]
     assert [s["stored_bytes"] for s in stored] == [t["stored_bytes"] for t in retention["tasks"]]
     assert [s["trainable_parameters"] for s in stored] == [t["trainable_parameters"] for t in retention["tasks"]]
 
 
 @pytest.mark.slow
-def test_wandb_images_are_written_as_png(wandb_run):
-    images = wandb_run["dir"] / "files/media/images/retention"
-    matrix_plots = sorted(images.glob("accuracy_matrix_plot_*.png"))
-    alpha_plots = sorted(images.glob("alpha_plot_*.png"))
+def test_wandb_images_are_rgb_figures(wandb_run):
+    import wandb
+
+    history = wandb_run["history"]
+    matrix_plots = [row["retention/accuracy_matrix_plot"] for row in history if "retention/accuracy_matrix_plot" in row]
+    alpha_plots = [row["retention/alpha_plot"] for row in history if "retention/alpha_plot" in row]
     assert len(matrix_plots) == 3  # one per task
     assert len(alpha_plots) == 1  # only task 2 learned α
-    for png in matrix_plots + alpha_plots:
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert wandb_run["summary"]["retention/alpha_plot/width"] > 0
+    for image in matrix_plots + alpha_plots:
+        assert isinstance(image, wandb.Image) and image.image.mode == "RGB" and min(image.image.size) > 100
 
 
 @pytest.mark.slow
