@@ -26,15 +26,3 @@ def top_level_help() -> str:
               "`impress-lightning fit --config X.yaml --print_config` shows every resolved setting."]
     return "\n".join(lines)
 
-
-def entry() -> None:
-    """The ``impress-lightning`` console script: the top-level help without importing Lightning, else
-    :func:`impress_lightning.cli.entry`."""
-    import sys
-
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(top_level_help())
-        return
-    from impress_lightning.cli import entry as run
-
-    run()

@@ -50,8 +50,10 @@ def test_fit_writes_retention_results_with_zero_forgetting(tmp_path):
         assert all(v is not None for v in row[: i + 1]) and all(v is None for v in row[i + 1:])
     assert result["bwt"] == 0.0 and result["forgetting"] == 0.0
     assert [t["kind"] for t in result["tasks"]] == ["impression", "impression", "combination"]
-    # a combination task stores its per-layer α: 3 layers x 2 impressions, 4 bytes each
-    assert result["tasks"][2]["trainable_parameters"] == 6 and result["tasks"][2]["stored_bytes"] == 24
+    # the quickstart's combination task: one α per impression for each of the first layer's 300 neurons, one per
+    # impression for the two other layers, stored as float16
+    assert result["tasks"][2]["trainable_parameters"] == 300 * 2 + 2 * 2
+    assert result["tasks"][2]["stored_bytes"] == 2 * (300 * 2 + 2 * 2)
     for name in ("retention.png", "alpha.png", "config.yaml", "metrics.csv"):
         assert (run / name).stat().st_size > 0, name
     assert (run / "checkpoints" / "last.ckpt").exists()

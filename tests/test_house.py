@@ -103,7 +103,8 @@ def test_no_import_cycle_inside_the_package():
 
 @pytest.mark.slow
 def test_a_plain_trainer_runs_the_quickstart_stream_like_the_cli(tmp_path):
-    from impress_lightning import EmbeddedDigits, ImpressLearnModule, PerLayer, TopK
+    import impress_lightning.nn as rules
+    from impress_lightning import EmbeddedDigits, ImpressLearnModule
 
     config = yaml.safe_load(QUICKSTART.read_text())
     overrides = [arg for key, value in SHORT.items() for arg in (f"--model.{key}", str(value))]
@@ -112,16 +113,19 @@ def test_a_plain_trainer_runs_the_quickstart_stream_like_the_cli(tmp_path):
     cli_matrix = json.loads((tmp_path / "cli" / "quickstart" / "retention.json").read_text())["accuracy_matrix"]
 
     model_cfg, data_cfg = config["model"], config["data"]["init_args"]
+
+    def built(spec: dict) -> object:  # the quickstart's rule objects, by hand
+        return getattr(rules, spec["class_path"].rsplit(".", 1)[1])(**spec.get("init_args", {}))
+
     mask_lr = model_cfg["mask_optimizer"]["init_args"]["lr"]
     alpha_args = model_cfg["alpha_optimizer"]["init_args"]
     L.seed_everything(config["seed_everything"])
     module = ImpressLearnModule(
         backbone=model_cfg["backbone"], num_tasks=data_cfg["num_tasks"], num_classes=10, input_shape=(1, 8, 8),
-        num_impressions=model_cfg["num_impressions"], mask_rule=TopK(**model_cfg["mask_rule"]["init_args"]),
-        combination=PerLayer(), alpha_regularization=model_cfg["alpha_regularization"],
+        num_impressions=model_cfg["num_impressions"], mask_rule=built(model_cfg["mask_rule"]),
+        combination=built(model_cfg["combination"]), alpha_regularization=model_cfg["alpha_regularization"],
         mask_optimizer=lambda p: torch.optim.Adam(p, lr=mask_lr),
         alpha_optimizer=lambda p: torch.optim.Adam(p, **alpha_args), **SHORT)
-    assert model_cfg["combination"]["class_path"].endswith("PerLayer")
     data = EmbeddedDigits(**data_cfg)
     trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         default_root_dir=tmp_path / "plain", logger=False, enable_checkpointing=False,
