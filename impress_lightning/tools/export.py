@@ -159,7 +159,7 @@ def size_report(bank: TaskBank, bank_path: Path, bank_bytes: int, ckpt_path: Pat
     }
     lines = [f"exported {len(bank.tasks)} learned task(s) {bank.tasks} ({len(bank.tasks) - combos} impression, "
              f"{combos} combination; source {bank.source}) of {bank.backbone} to {bank_path}"]
-    lines += [f"  {name:<10}{sizes[name]:>14,} B   {notes[name]}".rstrip() for name in notes]
+    lines += [f"  {name:<13}{sizes[name]:>11,} B   {notes[name]}".rstrip() for name in notes]
     ckpt_bytes = ckpt_path.stat().st_size
     lines.append(f"checkpoint {ckpt_path}: {ckpt_bytes:,} B ({ckpt_bytes / sizes['total']:.1f}x the bank)")
     lines.append(f"SupSup (a dedicated mask per task) for the same {len(bank.tasks)} task(s): "
