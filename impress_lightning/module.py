@@ -54,14 +54,14 @@ class ImpressLearnModule(L.LightningModule):
         adaptive_bank: heterogeneous only: grow the bank while the stream needs it (``impression_tasks`` are
             then the tasks that are impressions regardless, default [0]).
         combination: how each layer's coefficients are shaped (``PerLayer``, ``Global``, ``PerNeuron``);
-            default ``PerNeuron(layers=[-2, -1])``.
+            default ``PerNeuron()`` (one coefficient per impression and output neuron of every layer).
         mask_rule: how scores become masks (``TopK``, ``Threshold``); default ``TopK(density=0.5)``.
         alpha_start: "best_impression" (one-hot on the stored impression that scores best on the task's
             probe examples) or "uniform" (1/K on every impression, the research code's start).
         impression_epochs: epochs per impression stage.
         combination_epochs: epochs per combination task.
         mask_optimizer: optimiser for mask scores; default Adam(lr=1e-3).
-        alpha_optimizer: optimiser for α; default Adam(lr=1e-2, weight_decay=1e-4).
+        alpha_optimizer: optimiser for α; default Adam(lr=0.1, weight_decay=1e-4).
         cosine_schedule: cosine-anneal the learning rate to 0 within each stage.
         alpha_regularization: λ of λ·Σ_rows (‖α_row‖₁ − 1)².
         extra_outputs: never-labelled head outputs (for the "superfluous neurons" task-inference objective).
@@ -254,7 +254,7 @@ class ImpressLearnModule(L.LightningModule):
     def configure_optimizers(self):
         scores = [layer.scores for layer in self.net.layers]
         mask_opt = (self.mask_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-3)))(scores)
-        alpha_opt = (self.alpha_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-4)))(
+        alpha_opt = (self.alpha_optimizer or (lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=1e-4)))(
             list(self.table.coefficients))
         # The stage's cosine goes through Lightning's scheduler API (LearningRateMonitor sees it); both are
         # re-created with the optimisers at every stage boundary.

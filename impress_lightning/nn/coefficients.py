@@ -106,22 +106,23 @@ class PerNeuron(CombinationRule):
 
     Args:
         layers: indices of the masked layers (negative counts from the head) that get per-neuron
-            coefficients; the default is the last two layers.
+            coefficients; None (the default) means every masked layer.
         precision: "float32" or "float16" storage of the finished coefficients.
     """
 
-    def __init__(self, layers: Sequence[int] = (-2, -1), precision: Precision = "float32") -> None:
+    def __init__(self, layers: Sequence[int] | None = None, precision: Precision = "float32") -> None:
         super().__init__(precision)
-        if not layers:
-            raise ValueError("PerNeuron.layers is empty: name at least one layer (e.g. [-1]) or use PerLayer")
-        self.layers = tuple(int(i) for i in layers)
+        if layers is not None and not layers:
+            raise ValueError("PerNeuron.layers is empty: name at least one layer (e.g. [0]), null for all, or use "
+                             "PerLayer")
+        self.layers = None if layers is None else tuple(int(i) for i in layers)
 
     def layer_shapes(self, weight_shapes: Sequence[Sequence[int]], n: int) -> list[tuple[int, ...] | int]:
         count = len(weight_shapes)
         chosen = set()
-        for i in self.layers:
+        for i in range(count) if self.layers is None else self.layers:
             if not -count <= i < count:
-                raise ValueError(f"PerNeuron.layers={list(self.layers)}: the network has {count} masked layers "
+                raise ValueError(f"PerNeuron.layers={list(self.layers or [])}: the network has {count} masked layers "
                                  f"(valid indices {-count}..{count - 1})")
             chosen.add(i % count)
         return [(int(shape[0]), n) if i in chosen else (n,) for i, shape in enumerate(weight_shapes)]
