@@ -169,7 +169,7 @@ def log_config(loggers: Sequence[Logger], config: Mapping[str, Any]) -> None:
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Lightning's ``SaveConfigCallback`` (writes ``config.yaml`` into the log directory) that also sends the
     fully resolved config to every configured logger on rank zero, so a W&B run's config panel shows exactly
-    what ran (``model.density``, ``trainer.accelerator``, ``data.init_args.*``, ...).
+    what ran (``model.mask_rule``, ``trainer.accelerator``, ``data.init_args.*``, ...).
 
     Pass it as ``LightningCLI(save_config_callback=LoggedSaveConfigCallback)``; it takes the same arguments
     as ``SaveConfigCallback`` (``save_config_kwargs``).
