@@ -7,8 +7,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 
 class FreezeImpressions(L.Callback):
-    """Freezes the supermask of each impression stage (a basis task) into every layer's impression bank, and
-    a combination task's coefficients at their stored precision.
+    """Freezes the supermask of each impression stage (a basis task) into every layer's impression bank, a
+    combination task's coefficients at their stored precision, and decides a hybrid-head candidate.
 
     It runs at the end of the stage's last epoch, before ``RetentionEvaluator`` and before checkpointing, so
     a checkpoint taken at a task boundary already holds the frozen mask. ``ImpressLearnModule`` adds it (in
@@ -29,3 +29,8 @@ class FreezeImpressions(L.Callback):
         if self.verbose and stage.kind == "impression":
             stored = sum(layer.bank.stored_bytes() for layer in pl_module.net.layers) // (stage.slot + 1)
             rank_zero_info(f"[impress] froze impression {stage.slot} (task {stage.task}): {stored} bytes bit-packed")
+        if self.verbose and stage.kind == "head":
+            plain, hybrid = pl_module.table.head_validation[stage.task].tolist()
+            verdict = "kept" if pl_module.table.head_kept[stage.task] else "dropped"
+            rank_zero_info(f"[impress] task {stage.task}: own head mask {verdict} (validation {hybrid:.4f} with it, "
+                           f"{plain:.4f} without)")

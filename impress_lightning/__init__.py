@@ -23,6 +23,7 @@ _EXPORTS = {
     "ImpressLearnModule": "impress_lightning.module",
     "TaskTable": "impress_lightning.tasks",
     "AdaptiveBank": "impress_lightning.placement",
+    "HybridHead": "impress_lightning.hybrid",
     "TaskSchedule": "impress_lightning.schedule",
     "TaskBank": "impress_lightning.artifact",
     "TaskBankModel": "impress_lightning.bank_model",

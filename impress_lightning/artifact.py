@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from impress_lightning.module import ImpressLearnModule
 
 FORMAT = "impress-lightning-task-bank"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # version 2 is version 3 without hybrid heads
 
 
 class ArtifactError(ValueError):
@@ -99,6 +100,10 @@ class TaskBank:
     # float32/float16 [number of combination tasks, D]: each task's flat coefficient vector laid out by the
     # rule over ``num_impressions`` masks, in the order the tasks appear in ``tasks``
     coefficients: Tensor
+    # hybrid heads: the learned tasks that keep their own last-layer mask, and those masks bit-packed
+    # (uint8 [len(head_tasks), ceil(numel_last / 8)], same bit order as ``masks``)
+    head_tasks: list[int] = field(default_factory=list)
+    head_masks: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.uint8))
     bn_names: list[str] = field(default_factory=list)
     bn_features: list[int] = field(default_factory=list)
     bn_stats: Tensor | None = None  # float [len(tasks), Σ_b 2·C_b]: per BN layer its running mean, then var
@@ -144,6 +149,9 @@ class TaskBank:
         coeffs = torch.stack([p.detach().cpu().to(dtype) for p in packed.coefficients]) if combos else \
             torch.zeros(0, packed.size, dtype=dtype)
         masks = torch.cat([layer.bank.packed[:count].detach().cpu() for layer in net.layers], dim=1)
+        head_tasks = [t for t in combos if bool(table.head_kept[t])]
+        head_masks = torch.stack([pack_bits(table.head_masks[t].detach().cpu()) for t in head_tasks]) if head_tasks \
+            else torch.zeros(0, packed_size(net.layers[-1].bank.numel), dtype=torch.uint8)
         bn_stats = None
         if net.bn_names:
             bn_stats = torch.cat([torch.cat([bn.task_mean[tasks], bn.task_var[tasks]], dim=1).detach().cpu()
@@ -154,7 +162,7 @@ class TaskBank:
             source=module.source, layer_names=list(net.layer_names),
             layer_shapes=[list(layer.weight.shape) for layer in net.layers], weight_sha256=weight_digest(net),
             masks=masks, tasks=tasks, slots=[-1 if s is None else s for s in slots],
-            combination=rule_to_dict(table.rule), coefficients=coeffs,
+            combination=rule_to_dict(table.rule), coefficients=coeffs, head_tasks=head_tasks, head_masks=head_masks,
             mask_counts=[int(table.mask_count[t]) if s is None else 0 for t, s in zip(tasks, slots)],
             bn_names=list(net.bn_names), bn_features=[bn.num_features for bn in net.batchnorms], bn_stats=bn_stats,
             extra_state=_extra_state(net),
@@ -175,6 +183,10 @@ class TaskBank:
         if len(self.slots) != len(self.tasks) or self.coefficients.shape[0] != self.slots.count(-1) or \
                 len(self.mask_counts) != len(self.tasks) or self.tasks != list(range(len(self.tasks))):
             raise ArtifactError("tasks, slots and coefficients disagree: the file is damaged")
+        if self.head_tasks and (self.head_masks.dtype != torch.uint8 or tuple(self.head_masks.shape) != (
+                len(self.head_tasks), packed_size(numels[-1])) or any(
+                t not in self.tasks or self.slots[t] >= 0 for t in self.head_tasks)):
+            raise ArtifactError("head_tasks and head_masks disagree (or name impression tasks): the file is damaged")
         if self.normalization is not None and (
                 len(self.normalization["mean"]) != len(self.normalization["std"])
                 or len(self.normalization["mean"]) not in (1, self.input_shape[0])):
@@ -201,7 +213,7 @@ class TaskBank:
         ``file_bytes`` is the saved file's size; without it the bank is serialised in memory to measure it.
         """
         total = len(self.to_bytes()) if file_bytes is None else file_bytes
-        parts = {"masks": self.masks.nbytes, "coefficients": self.coefficients.nbytes,
+        parts = {"masks": self.masks.nbytes + self.head_masks.nbytes, "coefficients": self.coefficients.nbytes,
                  "batchnorm": 0 if self.bn_stats is None else self.bn_stats.nbytes,
                  "other": sum(t.nbytes for t in self.extra_state.values())}
         return {**parts, "metadata": total - sum(parts.values()), "total": total}
@@ -258,9 +270,9 @@ class TaskBank:
             hint = " (it is a Lightning checkpoint: export it, or give it to predict as --ckpt_path)" if is_ckpt else ""
             raise ArtifactError(f"{source} is not an impress-lightning task bank{hint}: "
                                 "run `impress-lightning export --ckpt_path CKPT --output BANK`")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_VERSIONS:
             raise ArtifactError(f"{source} has format_version {data.get('format_version')}; this impress-lightning "
-                                f"reads version {FORMAT_VERSION}: upgrade impress-lightning or re-export")
+                                f"reads versions {list(READABLE_VERSIONS)}: upgrade impress-lightning or re-export")
         names = {f.name for f in dataclasses.fields(cls)}
         bank = cls(**{k: v for k, v in data.items() if k in names})
         bank.validate()

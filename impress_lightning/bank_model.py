@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from impress_lightning.artifact import ArtifactError, TaskBank, rule_from_dict, weight_digest
 from impress_lightning.backbones import build_backbone
-from impress_lightning.nn import Selection, SupermaskNet, packed_size
+from impress_lightning.nn import Selection, SupermaskNet, packed_size, unpack_bits
 from impress_lightning.tasks import TaskTable
 
 if TYPE_CHECKING:
@@ -43,13 +43,17 @@ class TaskBankModel(nn.Module):
                                 "wrote the bank")
         self._load_state(bank)
         self.table = TaskTable(bank.slots, bank.num_impressions, rule_from_dict(bank.combination),
-                               [layer.weight.shape for layer in self.net.layers])
+                               [layer.weight.shape for layer in self.net.layers], hybrid_heads=bool(bank.head_tasks))
         with torch.no_grad():
             combos = [t for t, s in zip(bank.tasks, bank.slots) if s < 0]
             for row, task in enumerate(combos):
                 self.table.coefficients[task].copy_(bank.coefficients[row].float())
             self.table.mask_count.copy_(torch.tensor(bank.mask_counts))
             self.table.num_learned.fill_(len(bank.tasks))
+            head = self.net.layers[-1].weight.shape
+            for row, task in enumerate(bank.head_tasks):
+                self.table.head_masks[task] = unpack_bits(bank.head_masks[row], head.numel()).view(head).bool()
+                self.table.head_kept[task] = True
         self.table.requires_grad_(False)
         self.eval()
 

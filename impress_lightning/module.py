@@ -11,7 +11,7 @@ their exact outputs. The module trains; what a task *is* lives in :class:`~impre
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence, get_args
+from typing import Sequence
 
 import lightning as L
 import torch
@@ -21,20 +21,20 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from impress_lightning.backbones import build_backbone
+from impress_lightning.config_checks import AlphaStart, check_module_config
+from impress_lightning.distributed import sync_task_statistics
 from impress_lightning.metrics import task_accuracy
 from impress_lightning.nn import (
     CombinationRule, Global, LearnMask, MaskRule, PerLayer, PerNeuron, Selection, SupermaskNet, Threshold, TopK,
 )
+from impress_lightning.hybrid import HybridHead
 from impress_lightning.placement import AdaptiveBank
-from impress_lightning.schedule import IMPRESSION_SOURCES, ImpressionSource, Stage, TaskSchedule
+from impress_lightning.schedule import ImpressionSource, Stage, TaskSchedule
 from impress_lightning.tasks import TaskTable, plan_slots
-
-AlphaStart = Literal["best_impression", "uniform"]
-ALPHA_STARTS: tuple[str, ...] = get_args(AlphaStart)
 
 # Modules built in Python keep these objects in their hyper-parameters; allowing them keeps
 # ``load_from_checkpoint(weights_only=True)`` working (LightningCLI runs store plain config dicts instead).
-torch.serialization.add_safe_globals([TopK, Threshold, PerLayer, Global, PerNeuron, AdaptiveBank])
+torch.serialization.add_safe_globals([TopK, Threshold, PerLayer, Global, PerNeuron, AdaptiveBank, HybridHead])
 
 
 class ImpressLearnModule(L.LightningModule):
@@ -56,6 +56,8 @@ class ImpressLearnModule(L.LightningModule):
         combination: how each layer's coefficients are shaped (``PerLayer``, ``Global``, ``PerNeuron``);
             default ``PerNeuron()`` (one coefficient per impression and output neuron of every layer).
         mask_rule: how scores become masks (``TopK``, ``Threshold``); default ``TopK(density=0.5)``.
+        hybrid_head: try a dedicated last-layer mask for every combination task after its coefficients and
+            keep it where it wins on the validation split (``HybridHead``); default off.
         alpha_start: "best_impression" (one-hot on the stored impression that scores best on the task's
             probe examples) or "uniform" (1/K on every impression, the research code's start).
         impression_epochs: epochs per impression stage.
@@ -82,6 +84,7 @@ class ImpressLearnModule(L.LightningModule):
         adaptive_bank: AdaptiveBank | None = None,
         combination: CombinationRule | None = None,
         mask_rule: MaskRule | None = None,
+        hybrid_head: HybridHead | None = None,
         alpha_start: AlphaStart = "best_impression",
         impression_epochs: int = 1,
         combination_epochs: int = 1,
@@ -97,11 +100,11 @@ class ImpressLearnModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["mask_optimizer", "alpha_optimizer"])
         self.automatic_optimization = False  # two optimisers of fixed structure; the stage picks one
-        _check_config(impression_source, num_tasks, num_impressions, impression_tasks, adaptive_bank, alpha_start,
-                      probe_batches)
+        check_module_config(impression_source, num_tasks, num_impressions, impression_tasks, adaptive_bank, alpha_start,
+                      probe_batches, hybrid_head)
         self.num_tasks, self.num_classes = num_tasks, num_classes
         self.rule = mask_rule or TopK()
-        self.adaptive_bank = adaptive_bank
+        self.adaptive_bank, self.hybrid_head = adaptive_bank, hybrid_head
         slots = plan_slots(impression_source, num_tasks, num_impressions,
                            [0] if adaptive_bank and impression_tasks is None else impression_tasks,
                            adaptive=adaptive_bank is not None)
@@ -112,7 +115,7 @@ class ImpressLearnModule(L.LightningModule):
                            num_tasks=num_tasks, seed=seed),
             cache_size=eval_cache_size)
         self.table = TaskTable(slots, capacity, combination or PerNeuron(),
-                               [layer.weight.shape for layer in self.net.layers])
+                               [layer.weight.shape for layer in self.net.layers], hybrid_heads=hybrid_head is not None)
         self.homogeneous = num_impressions if impression_source == "homogeneous" else 0
         self.mask_optimizer, self.alpha_optimizer = mask_optimizer, alpha_optimizer
         self.train_acc, self.val_acc = task_accuracy(num_classes), task_accuracy(num_classes)
@@ -125,7 +128,8 @@ class ImpressLearnModule(L.LightningModule):
         slots = self.table.slot_list()
         if self._schedule is None or self._schedule.task_slots != slots:
             hp = self.hparams
-            self._schedule = TaskSchedule(slots, hp.impression_epochs, hp.combination_epochs, self.homogeneous)
+            self._schedule = TaskSchedule(slots, hp.impression_epochs, hp.combination_epochs, self.homogeneous,
+                                          self.hybrid_head.epochs if self.hybrid_head else 0)
         return self._schedule
 
     @property
@@ -162,7 +166,11 @@ class ImpressLearnModule(L.LightningModule):
         return self.table.kspace_rows(count, self.bank_size)
 
     def training_selection(self, stage: Stage) -> Selection:
-        return LearnMask(self.rule) if stage.kind == "impression" else self.table.selection(stage.task)
+        if stage.kind == "impression":
+            return LearnMask(self.rule)
+        if stage.kind == "head":  # the frozen combination below the head mask being learned
+            return self.table.with_head(stage.task, LearnMask(self.rule))
+        return self.table.selection(stage.task)
 
     def forward(self, x: Tensor, task: int) -> Tensor:
         """Logits of a finished ``task`` (cached combined weights when no gradient is recorded)."""
@@ -191,6 +199,9 @@ class ImpressLearnModule(L.LightningModule):
                                  "module.schedule.total_epochs) (the CLI does this for you)")
             if self.trainer.reload_dataloaders_every_n_epochs != 1:
                 raise ValueError("set trainer.reload_dataloaders_every_n_epochs=1: each epoch's task decides its loader")
+            if self.hybrid_head is not None and getattr(dm, "val_fraction", None) == 0:
+                raise ValueError("model.hybrid_head compares its candidates on the validation split: set "
+                                 "data.val_fraction > 0 (e.g. 0.1)")
 
     def on_fit_start(self) -> None:
         if self.hparams.impression_source == "random" and self.bank_size == 0:
@@ -222,28 +233,18 @@ class ImpressLearnModule(L.LightningModule):
                 self.trainer.should_stop = True  # an adaptive schedule's max_epochs is only an upper bound
 
     def on_train_batch_end(self, outputs: Tensor, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.sync_task_statistics(self.current_stage.task)
-
-    def sync_task_statistics(self, task: int) -> None:
-        """Average ``task``'s BN running statistics over the DDP processes (nothing to do on one process).
-
-        Under manual optimisation Lightning keeps DDP from syncing buffers after the first step (measured with
-        GEM ResNet-18 on 2 processes: the ranks' statistics drifted apart by 0.1 within two steps), so without
-        this each rank would evaluate, and rank zero would checkpoint, statistics of its own data shard only.
-        """
-        if self.trainer.world_size == 1 or not self.net.batchnorms:
-            return
-        rows = [row for bn in self.net.batchnorms for row in (bn.task_mean[task], bn.task_var[task])]
-        mean = self.trainer.strategy.reduce(torch.cat(rows), reduce_op="mean")
-        with torch.no_grad():
-            for row, value in zip(rows, mean.split([row.numel() for row in rows])):
-                row.copy_(value)
+        sync_task_statistics(self, self.current_stage.task)
 
     def freeze_stage(self, stage: Stage) -> None:
         """Freeze what ``stage`` learned: its mask into bank slot ``stage.slot`` of every layer, or its
         coefficients at their stored precision."""
         if stage.kind == "combination":
             self.table.finish(stage.task)
+            return
+        if stage.kind == "head":
+            from impress_lightning.hybrid import decide_head
+
+            decide_head(self, stage.task, self.rule(self.net.layers[-1].scores).detach())
             return
         for layer in self.net.layers:
             if len(layer.bank) != stage.slot:
@@ -277,7 +278,7 @@ class ImpressLearnModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         if stage.kind == "combination":
             loss = loss + self.hparams.alpha_regularization * self.table.penalty(stage.task)
-        active = 0 if stage.kind == "impression" else 1
+        active = 1 if stage.kind == "combination" else 0  # impression and head stages learn mask scores
         opt, scheduler = self.optimizers()[active], self.lr_schedulers()[active]
         opt.zero_grad()
         self.manual_backward(loss)
@@ -303,15 +304,10 @@ class ImpressLearnModule(L.LightningModule):
         self.log(f"test/acc_task{dataloader_idx:02d}", acc, add_dataloader_idx=False, batch_size=len(y))
 
     def placement(self, task: int) -> dict[str, object]:
-        """Why ``task`` is what it is (retention.json): the decision's reason and the best stored impression's
-        probe accuracy (None when nothing was probed)."""
-        from impress_lightning.placement import placement_reason
+        """Why ``task`` is what it is (retention.json); see :func:`~impress_lightning.placement.placement_record`."""
+        from impress_lightning.placement import placement_record
 
-        probe = float(self.table.probe_accuracy[task])
-        kind = self.schedule.kind_of_task(task)
-        before = sum(1 for t in range(task) if self.table.slot_of(t) is not None)
-        return {"placement": placement_reason(kind, probe, self.adaptive_bank, before),
-                "best_impression_probe_accuracy": None if probe < 0 else probe}
+        return placement_record(self.table, task, self.schedule.kind_of_task(task), self.adaptive_bank)
 
     # ----- storage ---------------------------------------------------------------------------------------
     def task_storage(self, task: int) -> dict[str, int]:
@@ -319,25 +315,3 @@ class ImpressLearnModule(L.LightningModule):
         bn_bytes = sum(2 * bn.num_features * 4 for bn in self.net.batchnorms)
         return {**self.table.storage(task, [layer.bank.numel for layer in self.net.layers]), "bn_bytes": bn_bytes}
 
-
-def _check_config(source: str, num_tasks: int, num_impressions: int, impression_tasks: list[int] | None,
-                  adaptive: AdaptiveBank | None, alpha_start: str, probe_batches: int) -> None:
-    """One-line errors for settings that do not fit together."""
-    if source not in IMPRESSION_SOURCES:
-        raise ValueError(f"impression_source={source!r}: use one of {list(IMPRESSION_SOURCES)}")
-    if num_tasks < 1:
-        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-    if probe_batches < 1:
-        raise ValueError(f"probe_batches={probe_batches} must be >= 1")
-    if alpha_start not in ALPHA_STARTS:
-        raise ValueError(f"alpha_start={alpha_start!r}: use one of {list(ALPHA_STARTS)}")
-    if (impression_tasks is not None or adaptive is not None) and source != "heterogeneous":
-        raise ValueError(f"impression_tasks and adaptive_bank need impression_source='heterogeneous', got {source!r}")
-    if source not in ("supsup",) and adaptive is None and impression_tasks is None and num_impressions < 1:
-        raise ValueError(f"num_impressions must be >= 1 for impression_source={source!r}")
-    if source == "heterogeneous" and adaptive is None and impression_tasks is None and num_impressions > num_tasks:
-        raise ValueError(f"num_impressions={num_impressions} > num_tasks={num_tasks}: heterogeneous impressions "
-                         "are tasks of the stream; lower num_impressions")
-    if impression_tasks is not None and adaptive is None and len(impression_tasks) != num_impressions:
-        raise ValueError(f"impression_tasks names {len(impression_tasks)} tasks but num_impressions="
-                         f"{num_impressions}: make them agree")

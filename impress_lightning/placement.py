@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from impress_lightning.tasks import TaskTable
 
 
 class AdaptiveBank:
@@ -48,3 +51,17 @@ def placement_reason(kind: str, probe_accuracy: float, adaptive: AdaptiveBank | 
     if stored >= adaptive.max_impressions and probe_accuracy < adaptive.target:
         return f"bank full ({adaptive.max_impressions} impressions); best stored impression scored {probe_accuracy:.4f}"
     return f"best stored impression scored {probe_accuracy:.4f} >= target {adaptive.target} on the probe"
+
+
+def placement_record(table: TaskTable, task: int, kind: str, adaptive: AdaptiveBank | None) -> dict[str, object]:
+    """Why ``task`` is what it is: the decision's reason, the best stored impression's probe accuracy (None
+    when nothing was probed) and, for a task that tried a hybrid head, that decision's validation accuracies."""
+    probe = float(table.probe_accuracy[task])
+    before = sum(1 for t in range(task) if table.slot_of(t) is not None)
+    record: dict[str, object] = {"placement": placement_reason(kind, probe, adaptive, before),
+                                 "best_impression_probe_accuracy": None if probe < 0 else probe}
+    plain, hybrid = table.head_validation[task].tolist()
+    if plain >= 0:
+        record["hybrid_head"] = {"kept": bool(table.head_kept[task]), "validation_accuracy": plain,
+                                 "hybrid_validation_accuracy": hybrid}
+    return record

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 
 ImpressionSource = Literal["heterogeneous", "homogeneous", "random", "supsup"]
 IMPRESSION_SOURCES: tuple[str, ...] = get_args(ImpressionSource)
-StageKind = Literal["impression", "combination", "pending"]
+StageKind = Literal["impression", "combination", "head", "pending"]
 
 # Per-task placement codes (the task table's ``slots``): >= 0 is the impression's bank slot.
 COMBINATION = -1  # the task learns coefficients over the impressions stored before it
@@ -26,8 +26,9 @@ class Stage:
     """A run of consecutive epochs that trains one thing.
 
     ``kind`` is "impression" (learn a mask that is frozen into bank slot ``slot`` at the end),
-    "combination" (learn only the coefficients of ``task``), or "pending" (an adaptive-bank task before its
-    first epoch decides which of the two it is). ``completes_task`` is False for the first K−1 stages of a
+    "combination" (learn only the coefficients of ``task``), "head" (a hybrid-head candidate: learn a mask of
+    the last layer for combination ``task``, below its frozen coefficients; kept only if it wins on
+    validation), or "pending" (an adaptive-bank task before its first epoch decides which it is). ``completes_task`` is False for the first K−1 stages of a
     homogeneous set (they all train task 0).
     """
 
@@ -54,18 +55,23 @@ class TaskSchedule:
         combination_epochs: epochs of a combination stage.
         homogeneous: if > 0, task 0 learns this many impressions (slots 0..homogeneous-1) with different
             seeds, one stage each, and is evaluated with slot 0.
+        head_epochs: if > 0, every combination task is followed by a "head" stage of this many epochs (the
+            hybrid-head candidate).
     """
 
     task_slots: tuple[int, ...]
     impression_epochs: int = 1
     combination_epochs: int = 1
     homogeneous: int = 0
+    head_epochs: int = 0
 
     def __post_init__(self) -> None:
         if not self.task_slots:
             raise ValueError("num_tasks must be >= 1")
         if self.impression_epochs < 1 or self.combination_epochs < 1:
             raise ValueError("impression_epochs and combination_epochs must be >= 1")
+        if self.head_epochs < 0:
+            raise ValueError(f"head_epochs={self.head_epochs} must be >= 0")
 
     @property
     def num_tasks(self) -> int:
@@ -88,9 +94,11 @@ class TaskSchedule:
             elif slot >= 0:
                 add(task, "impression", slot, self.impression_epochs)
             elif slot == COMBINATION:
-                add(task, "combination", None, self.combination_epochs)
+                add(task, "combination", None, self.combination_epochs, completes=not self.head_epochs)
+                if self.head_epochs:
+                    add(task, "head", None, self.head_epochs)
             else:  # undecided: budget the longer of the two kinds (max_epochs is then an upper bound)
-                add(task, "pending", None, max(self.impression_epochs, self.combination_epochs))
+                add(task, "pending", None, max(self.impression_epochs, self.combination_epochs + self.head_epochs))
         return tuple(stages)
 
     @cached_property

@@ -6,9 +6,10 @@ data), and it runs again after a resume at a task's first epoch with the same re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
+from torch import Tensor
 
 from impress_lightning.nn import Impression
 from impress_lightning.schedule import Stage
@@ -26,23 +27,29 @@ def to_device(batch: Any, trainer: Any) -> Any:
     return dm.on_after_batch_transfer(batch, 0) if dm is not None else batch
 
 
-@torch.no_grad()
-def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:
-    """Accuracy of every stored impression, used alone, on ``task``'s probe examples (held-out training
-    data); BN layers normalise with the batch's own statistics (the task has none yet)."""
+def probe_batches(module: ImpressLearnModule, task: int, count: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The first ``count`` batches of ``task``'s probe examples (held-out training data: its validation split
+    when the datamodule has one), on the module's device."""
     dm = getattr(module.trainer, "datamodule", None)
     if dm is None or not hasattr(dm, "probe_loader"):
-        raise ValueError("alpha_start='best_impression' and adaptive_bank need a datamodule with probe_loader(task) "
-                         "(TaskSequenceDataModule has one); or set alpha_start='uniform'")
+        raise ValueError("alpha_start='best_impression', adaptive_bank and hybrid_head need a datamodule with "
+                         "probe_loader(task) (TaskSequenceDataModule has one); or set alpha_start='uniform'")
+    for i, batch in enumerate(dm.probe_loader(task)):
+        if i >= count:
+            return
+        yield to_device(batch, module.trainer)
+
+
+@torch.no_grad()
+def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:
+    """Accuracy of every stored impression, used alone, on ``task``'s probe examples; BN layers normalise
+    with the batch's own statistics (the task has none yet)."""
     stored = module.bank_size
     correct, total = torch.zeros(stored, dtype=torch.float64), 0
     was_training = module.training
     module.eval()
     bn = "batch" if module.net.bn_names else None
-    for i, batch in enumerate(dm.probe_loader(task)):
-        if i >= module.hparams.probe_batches:
-            break
-        x, y = to_device(batch, module.trainer)
+    for x, y in probe_batches(module, task, module.hparams.probe_batches):
         for slot in range(stored):
             logits = module.net(x, Impression(slot), bn_task=bn)[:, : module.num_classes]
             correct[slot] += float((logits.argmax(1) == y).sum())
@@ -53,8 +60,11 @@ def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:
 
 def start_stage(module: ImpressLearnModule, stage: Stage) -> None:
     """Prepare ``stage`` at its first epoch: decide a pending task's kind, then reset the scores of an
-    impression stage or start the coefficients of a combination stage."""
+    impression stage (the last layer's for a head stage) or start the coefficients of a combination stage."""
     table, task = module.table, stage.task
+    if stage.kind == "head":
+        module.net.layers[-1].reset_scores(module.hparams.seed * 1_000_003 + stage.index * 1009 + 7)
+        return
     scores: list[float] | None = None
     if stage.kind == "pending":
         scores = probe_impressions(module, task)

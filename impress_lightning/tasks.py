@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from impress_lightning.nn import (
-    CombinationRule, Combine, Impression, PerLayer, Selection, one_hot_coefficients, packed_size,
+    CombinationRule, Combine, Impression, Layerwise, Masked, PerLayer, Selection, one_hot_coefficients, packed_size,
 )
 from impress_lightning.schedule import COMBINATION, PENDING, ImpressionSource
 
@@ -60,10 +60,11 @@ class TaskTable(nn.Module):
         capacity: bank slots every masked layer has.
         rule: the combination rule that lays out each layer's coefficients.
         weight_shapes: shapes of the masked layers' weights, in the network's order.
+        hybrid_heads: keep room for a dedicated last-layer mask per task (see :mod:`impress_lightning.hybrid`).
     """
 
     def __init__(self, slots: Sequence[int], capacity: int, rule: CombinationRule | None,
-                 weight_shapes: Sequence[Sequence[int]]) -> None:
+                 weight_shapes: Sequence[Sequence[int]], hybrid_heads: bool = False) -> None:
         super().__init__()
         self.rule = rule or PerLayer()
         self.capacity = capacity
@@ -80,6 +81,12 @@ class TaskTable(nn.Module):
         # Every coefficient vector exists and requires grad from the start (DDP-safe); only the current
         # task's ever receives a gradient.
         self.coefficients = nn.ParameterList([nn.Parameter(torch.zeros(self.size)) for _ in slots])
+        # Hybrid heads: per task its own last-layer mask, whether it is kept, and the validation accuracy of
+        # the plain combination and of the hybrid that decided it (-1: not decided).
+        head = self.weight_shapes[-1] if hybrid_heads else (0,)
+        self.register_buffer("head_masks", torch.zeros(len(slots) if hybrid_heads else 0, *head, dtype=torch.bool))
+        self.register_buffer("head_kept", torch.zeros(len(slots), dtype=torch.bool))
+        self.register_buffer("head_validation", torch.full((len(slots), 2), -1.0))
 
     # ----- placement ---------------------------------------------------------------------------------------
     @property
@@ -135,7 +142,25 @@ class TaskTable(nn.Module):
         n = int(self.mask_count[task])
         if n < 1:
             raise RuntimeError(f"task {task} has no coefficients yet (it has not started)")
-        return Combine(self.layer_views(self.coefficients[task], n))
+        combine = Combine(self.layer_views(self.coefficients[task], n))
+        return self.with_head(task, Masked(self.head_masks[task]), combine) if self.head_kept[task] else combine
+
+    def with_head(self, task: int, head: Selection, combine: Combine | None = None) -> Layerwise:
+        """Combination ``task`` below ``head`` on the last layer (a hybrid head, or the mask a head stage
+        learns); without ``combine`` the coefficients are detached (frozen while the head learns)."""
+        if combine is None:
+            n = int(self.mask_count[task])
+            combine = Combine(tuple(v.detach() for v in self.layer_views(self.coefficients[task], n)))
+        return Layerwise((combine,) * (len(self.slices) - 1) + (head,))
+
+    def record_head(self, task: int, mask: Tensor, kept: bool, combination_accuracy: float,
+                    hybrid_accuracy: float) -> None:
+        """Record the hybrid-head decision of combination ``task`` (the mask is stored only when kept)."""
+        if self.head_masks.shape[0] == 0:
+            raise RuntimeError("this task table has no room for head masks (built without hybrid_heads)")
+        self.head_masks[task] = mask.bool() if kept else False
+        self.head_kept[task] = kept
+        self.head_validation[task] = torch.tensor([combination_accuracy, hybrid_accuracy])
 
     def penalty(self, task: int) -> Tensor:
         """``Σ_rows (‖α_row‖₁ − 1)²`` over every coefficient row of ``task`` (a layer, or one output neuron)."""
@@ -148,7 +173,8 @@ class TaskTable(nn.Module):
     def kspace_rows(self, count: int, n: int) -> tuple[Tensor, ...]:
         """Per masked layer, the coefficients ``[count, *shape]`` of tasks ``0..count-1`` over the first ``n``
         bank masks: one-hot rows for impression tasks, the learned coefficients (zero-padded to n) otherwise.
-        The superposition Σ_t β_t rows[t] is then one combination over n masks (task inference)."""
+        The superposition Σ_t β_t rows[t] is then one combination over n masks (task inference). A task
+        with a hybrid head is represented by its plain combination (its head mask is outside the K-space)."""
         device = self.coefficients[0].device
         rows = []
         for task in range(count):
@@ -188,5 +214,7 @@ class TaskTable(nn.Module):
             return {"trainable_parameters": int(sum(mask_numels)),
                     "stored_bytes": int(sum(packed_size(n) for n in mask_numels))}
         count = self.coefficient_count(task)
-        return {"trainable_parameters": count, "stored_bytes": count * self.rule.bytes_per_value}
+        tried = mask_numels[-1] if self.head_validation[task, 0] >= 0 else 0  # a head stage trained its scores
+        kept = packed_size(mask_numels[-1]) if self.head_kept[task] else 0
+        return {"trainable_parameters": count + tried, "stored_bytes": count * self.rule.bytes_per_value + kept}
 

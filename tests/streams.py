@@ -39,6 +39,19 @@ class TensorStream(L.LightningDataModule):
         return DataLoader(TensorDataset(x, y), batch_size=256)
 
 
+def fit_stream(module, tasks: list[tuple[Tensor, Tensor, Tensor, Tensor]], root) -> tuple[L.Trainer, list[list[float]]]:
+    """Fit ``module`` on a TensorStream of ``tasks`` with a plain, quiet Trainer; returns it and the final
+    accuracy matrix of the RetentionEvaluator the module supplies."""
+    from impress_lightning import RetentionEvaluator
+
+    trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=root, accelerator="cpu")
+    trainer.fit(module, datamodule=TensorStream(tasks))
+    evaluator = next(cb for cb in trainer.callbacks if isinstance(cb, RetentionEvaluator))
+    return trainer, evaluator.matrix
+
+
 def linear_task(direction: Tensor, flip: bool, seed: int, n_train: int = 512, n_test: int = 256):
     """Gaussian inputs ``[N, 1, 4, 4]`` labelled by the side of ``direction`` they fall on (flipped on request)."""
     gen = torch.Generator().manual_seed(seed)

@@ -7,8 +7,8 @@ import lightning as L
 import pytest
 import torch
 
-from impress_lightning import ImpressLearnModule, PerLayer, RetentionEvaluator, TopK
-from streams import TensorStream, linear_task
+from impress_lightning import ImpressLearnModule, PerLayer, TopK
+from streams import fit_stream, linear_task
 
 
 def final_row(alpha_start: str, tmp_path) -> tuple[list[float], ImpressLearnModule]:
@@ -21,12 +21,8 @@ def final_row(alpha_start: str, tmp_path) -> tuple[list[float], ImpressLearnModu
                                 impression_epochs=5, combination_epochs=1,
                                 mask_optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
                                 alpha_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
-    trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, accelerator="cpu")
-    trainer.fit(module, datamodule=TensorStream(tasks))
-    evaluator = next(cb for cb in trainer.callbacks if isinstance(cb, RetentionEvaluator))
-    return evaluator.matrix[-1], module
+    _, matrix = fit_stream(module, tasks, tmp_path)
+    return matrix[-1], module
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator
 from impress_lightning.data import TaskSequenceDataModule
 from impress_lightning.module import ImpressLearnModule
 from impress_lightning.nn import Global, PerLayer, PerNeuron, TopK
+from impress_lightning.hybrid import HybridHead
 from impress_lightning.placement import AdaptiveBank
 
 
@@ -53,13 +54,15 @@ RULES = {  # every combination rule and start, and the adaptive bank
     "global_uniform": {"combination": Global(), "alpha_start": "uniform"},
     "per_neuron_fp16": {"combination": PerNeuron(precision="float16")},
     "adaptive": {"adaptive_bank": AdaptiveBank(target=0.9, max_impressions=3)},
+    "hybrid_head": {"hybrid_head": HybridHead()},
 }
 
 
 @pytest.mark.parametrize("backbone, source, rule", [
     ("lenet_300_100", "heterogeneous", "per_layer"), ("gem_resnet18", "heterogeneous", "per_neuron_fp16"),
     ("lenet_300_100", "supsup", "per_layer"), ("lenet_300_100", "heterogeneous", "global_uniform"),
-    ("lenet_300_100", "heterogeneous", "per_neuron_fp16"), ("gem_resnet18", "heterogeneous", "adaptive")])
+    ("lenet_300_100", "heterogeneous", "per_neuron_fp16"), ("gem_resnet18", "heterogeneous", "adaptive"),
+    ("gem_resnet18", "heterogeneous", "hybrid_head")])
 def test_every_task_logits_bit_identical_after_later_tasks(tmp_path, backbone, source, rule):
     torch.manual_seed(0)
     dm = digits_stream(4)

@@ -11,11 +11,11 @@ from impress_lightning.nn.convert import to_supermask
 from impress_lightning.nn.layers import SupermaskConv2d, SupermaskLayer, SupermaskLinear, signed_constant
 from impress_lightning.nn.masks import MaskRule, Threshold, TopK, er_density, threshold_mask, topk_mask
 from impress_lightning.nn.network import SupermaskNet
-from impress_lightning.nn.selection import Combine, Dense, Impression, LearnMask, Selection
+from impress_lightning.nn.selection import Combine, Dense, Impression, Layerwise, LearnMask, Masked, Selection
 
 __all__ = [
     "CoefficientSlice", "CombinationRule", "Global", "PerLayer", "PerNeuron", "neuron_combine",
-    "one_hot_coefficients", "Combine", "Dense", "Impression", "ImpressionBank", "LearnMask", "MaskRule", "Selection", "SupermaskConv2d",
+    "one_hot_coefficients", "Combine", "Dense", "Impression", "ImpressionBank", "Layerwise", "LearnMask", "Masked", "MaskRule", "Selection", "SupermaskConv2d",
     "SupermaskLayer", "SupermaskLinear", "SupermaskNet", "TaskBatchNorm", "Threshold", "TopK", "er_density",
     "lookup_combine", "naive_combine", "pack_bits", "packed_size", "signed_constant", "threshold_mask",
     "to_supermask", "topk_mask", "unpack_bits",

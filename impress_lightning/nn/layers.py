@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from impress_lightning.nn.bank import ImpressionBank
 from impress_lightning.nn.combine import CodePlane, build_code_planes, lookup_combine, neuron_combine
-from impress_lightning.nn.selection import Combine, Dense, Impression, LearnMask, Selection
+from impress_lightning.nn.selection import Combine, Dense, Impression, Layerwise, LearnMask, Masked, Selection
 
 
 def signed_constant(shape: tuple[int, ...], fan_in: int, seed: int) -> Tensor:
@@ -74,6 +74,10 @@ class SupermaskLayer(nn.Module):
             if coeffs.dim() == 2:  # one row per output neuron
                 return neuron_combine(coeffs, self.magnitude, planes, self.weight.shape)
             return lookup_combine(coeffs, self.magnitude, planes, self.weight.shape)
+        if isinstance(selection, Masked):
+            return self.weight * selection.mask.to(self.weight.dtype)
+        if isinstance(selection, Layerwise):
+            return self.effective_weight(selection.parts[layer_index], layer_index)
         if isinstance(selection, Dense):
             return self.weight
         raise TypeError(f"unknown selection {selection!r}")

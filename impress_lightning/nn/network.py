@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from impress_lightning.nn.batchnorm import TaskBatchNorm
 from impress_lightning.nn.layers import SupermaskLayer
-from impress_lightning.nn.selection import Combine, Impression, Selection
+from impress_lightning.nn.selection import Combine, Impression, Layerwise, Masked, Selection
 
 
 class SupermaskNet(nn.Module):
@@ -57,13 +57,7 @@ class SupermaskNet(nn.Module):
     def _cache_token(self, selection: Selection) -> tuple:
         weight = self.layers[0].weight
         banks = (weight.dtype, weight.device, *(layer.bank.version_token() for layer in self.layers))
-        if isinstance(selection, Combine):
-            # data_ptr + in-place version counter: no device sync, and optimiser steps / load_state_dict
-            # (both in-place) change it.
-            return ("combine", *((a.data_ptr(), a._version, tuple(a.shape)) for a in selection.tensors()), banks)
-        if isinstance(selection, Impression):
-            return ("impression", selection.slot, banks)
-        raise ValueError(f"only finished tasks (Impression, Combine) can be cached, got {selection!r}")
+        return (*_selection_token(selection), banks)
 
     def cached_weights(self, key: object, selection: Selection) -> list[Tensor]:
         """Effective weights for ``selection``, materialised once and reused while nothing they depend on
@@ -107,3 +101,17 @@ class SupermaskNet(nn.Module):
             for name, bn in zip(self.bn_names, self.batchnorms):
                 tensors.update({f"{name}.{k}": v for k, v in bn.stats_for(bn_task).items()})
         return functional_call(self.body, tensors, (x,), tie_weights=False)
+
+
+def _selection_token(selection: Selection) -> tuple:
+    """What a finished task's weights depend on besides the banks: in-place version counters and addresses
+    of its coefficient / mask tensors (no device sync; optimiser steps and load_state_dict change them)."""
+    if isinstance(selection, Combine):
+        return ("combine", *((a.data_ptr(), a._version, tuple(a.shape)) for a in selection.tensors()))
+    if isinstance(selection, Impression):
+        return ("impression", selection.slot)
+    if isinstance(selection, Masked):
+        return ("masked", selection.mask.data_ptr(), selection.mask._version, tuple(selection.mask.shape))
+    if isinstance(selection, Layerwise):
+        return ("layerwise", *(_selection_token(part) for part in selection.parts))
+    raise ValueError(f"only finished tasks (Impression, Combine, Masked, Layerwise) can be cached, got {selection!r}")

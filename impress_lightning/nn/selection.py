@@ -48,9 +48,24 @@ class Combine:
         return self.alpha if isinstance(self.alpha, tuple) else (self.alpha,)
 
 
+@dataclass(frozen=True, eq=False)
+class Masked:
+    """Use the given binary ``mask`` (shaped like the layer's weight): ``W ⊙ mask`` (a task's own head mask)."""
+
+    mask: Tensor
+
+
+@dataclass(frozen=True)
+class Layerwise:
+    """A different selection for every masked layer: ``parts[l]`` supplies layer l's weight (e.g. a
+    combination below a task's own head mask)."""
+
+    parts: tuple["LearnMask | Impression | Combine | Masked | Dense", ...]
+
+
 @dataclass(frozen=True)
 class Dense:
     """The raw signed-constant weights, unmasked (a reference point, not a method)."""
 
 
-Selection = LearnMask | Impression | Combine | Dense
+Selection = LearnMask | Impression | Combine | Masked | Layerwise | Dense
