@@ -204,19 +204,27 @@ ADAPTIVE = ("--model.adaptive_bank", "impress_lightning.placement.AdaptiveBank",
             "--model.adaptive_bank.max_impressions", "2")
 
 
+HYBRID = ("--model.hybrid_head", "impress_lightning.HybridHead")
+
+
 @pytest.mark.slow
-def test_adaptive_bank_decisions_survive_a_kill_and_resume(tmp_path: Path) -> None:
-    """Tasks 1.. are decided at their first epoch; a run SIGKILLed inside task 2 and resumed makes the same
-    decisions, states and accuracy matrix as an uninterrupted one."""
-    pause = {"class_path": "pause_at.PauseAt", "init_args": {"epoch": 2, "batch": 1, "marker": str(tmp_path / "paused")}}
-    full = start_cli(stream_args(tmp_path / "a", *ADAPTIVE), tmp_path / "a.log")
-    killed = start_cli(stream_args(tmp_path / "b", *ADAPTIVE, f"--trainer.callbacks+={json.dumps(pause)}"),
+@pytest.mark.parametrize("extra, pause_epoch", [((), 2), (HYBRID, 4)], ids=["adaptive", "adaptive_hybrid_head"])
+def test_adaptive_bank_decisions_survive_a_kill_and_resume(tmp_path: Path, extra: tuple[str, ...],
+                                                           pause_epoch: int) -> None:
+    """Tasks 1.. are decided at their first epoch (and, with hybrid heads, again after their head stage); a run
+    SIGKILLed inside task 2 (its combination stage, or its head stage) and resumed makes the same decisions,
+    states and accuracy matrix as an uninterrupted one."""
+    pause = {"class_path": "pause_at.PauseAt",
+             "init_args": {"epoch": pause_epoch, "batch": 1, "marker": str(tmp_path / "paused")}}
+    args = (*ADAPTIVE, *extra)
+    full = start_cli(stream_args(tmp_path / "a", *args), tmp_path / "a.log")
+    killed = start_cli(stream_args(tmp_path / "b", *args, f"--trainer.callbacks+={json.dumps(pause)}"),
                        tmp_path / "b.log")
     try:
         wait_for(tmp_path / "paused", killed, tmp_path / "b.log")
         os.kill(killed.pid, signal.SIGKILL)
         assert killed.wait(timeout=60) == -signal.SIGKILL
-        resumed = run_cli(stream_args(tmp_path / "b", *ADAPTIVE, "--ckpt_path", "last"))
+        resumed = run_cli(stream_args(tmp_path / "b", *args, "--ckpt_path", "last"))
         assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
         assert full.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()[-3000:]
     finally:
@@ -226,9 +234,10 @@ def test_adaptive_bank_decisions_survive_a_kill_and_resume(tmp_path: Path) -> No
                 process.wait()
     results = [json.loads((tmp_path / r / "quickstart" / "retention.json").read_text()) for r in ("a", "b")]
     assert results[0]["accuracy_matrix"] == results[1]["accuracy_matrix"]
-    fields = ("kind", "placement", "best_impression_probe_accuracy", "stored_bytes")
-    decisions = [[{k: t[k] for k in fields} for t in r["tasks"]] for r in results]
+    fields = ("kind", "placement", "best_impression_probe_accuracy", "stored_bytes", "hybrid_head")
+    decisions = [[{k: t.get(k) for k in fields} for t in r["tasks"]] for r in results]
     assert decisions[0] == decisions[1]
+    assert all((t["hybrid_head"] is not None) == bool(extra) for t in decisions[0] if t["kind"] == "combination")
     kinds = [t["kind"] for t in results[0]["tasks"]]
     assert kinds == ["impression", "impression", "combination", "combination"]  # the bank holds 2: then it is full
     assert "probe" in results[0]["tasks"][1]["placement"] and "bank full" in results[0]["tasks"][3]["placement"]
