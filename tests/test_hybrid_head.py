@@ -107,3 +107,15 @@ def test_bad_hybrid_settings_name_the_field(kwargs, message):
 def test_a_hybrid_head_needs_combination_tasks():
     with pytest.raises(ValueError, match="impression_source='supsup' has none"):
         ImpressLearnModule(impression_source="supsup", hybrid_head=HybridHead())
+
+
+def test_a_hybrid_head_needs_a_validation_split(tmp_path):
+    from impress_lightning import TaskSequenceDataModule
+
+    dm = TaskSequenceDataModule(dataset="digits", family="rotate", num_tasks=2, val_fraction=0.0)
+    module = ImpressLearnModule(num_tasks=2, num_classes=dm.num_classes, input_shape=dm.input_shape,
+                                num_impressions=1, hybrid_head=HybridHead())
+    trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="set data.val_fraction > 0"):
+        trainer.fit(module, datamodule=dm)
