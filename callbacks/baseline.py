@@ -9,7 +9,10 @@ training" of forward transfer (``callbacks.retention``).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import lightning as L
+from torch import Tensor
 
 from impress_lightning.nn import Impression
 
@@ -21,21 +24,20 @@ def impressions_before(pl_module: L.LightningModule, task: int) -> int:
     return slot if slot is not None else int(pl_module.table.mask_count[task])
 
 
-def best_single_impression(trainer: L.Trainer, pl_module: L.LightningModule, task: int,
-                           split: str) -> dict[str, float | int] | None:
-    """``{"accuracy", "slot"}`` of the stored impression that scores best on ``task``'s ``split`` when used alone
-    (BN layers normalise with each batch's own statistics, as the probe does: the task's statistics belong to
-    its own weights), or None when nothing was stored before the task."""
-    from impress_lightning.callbacks.retention import evaluate_task
-
+def best_single_impression(pl_module: L.LightningModule, task: int,
+                           evaluate: Callable[[Callable[[Tensor], Tensor]], float]) -> dict[str, float | int] | None:
+    """``{"accuracy", "slot"}`` of the stored impression that scores best on ``task`` when used alone, or None
+    when nothing was stored before the task. ``evaluate(predict)`` is the accuracy of a batch-to-labels
+    function on the task's evaluation split (``RetentionEvaluator`` passes its own). BN layers normalise with
+    each batch's own statistics, as the probe does: the task's statistics belong to its own weights."""
     stored = impressions_before(pl_module, task)
     if stored < 1:
         return None
     bn = "batch" if pl_module.net.bn_names else None
-    scores = []
-    for slot in range(stored):
-        def predict(x, slot=slot):
-            return pl_module.net(x, Impression(slot), bn_task=bn)[:, : pl_module.num_classes].argmax(dim=1)
-        scores.append(evaluate_task(trainer, pl_module, task, split, predict))
+
+    def alone(slot: int) -> Callable[[Tensor], Tensor]:
+        return lambda x: pl_module.net(x, Impression(slot), bn_task=bn)[:, : pl_module.num_classes].argmax(dim=1)
+
+    scores = [evaluate(alone(slot)) for slot in range(stored)]
     best = max(range(stored), key=lambda s: scores[s])
     return {"accuracy": scores[best], "slot": best}

@@ -17,6 +17,7 @@ from impress_lightning.callbacks.baseline import best_single_impression
 from impress_lightning.callbacks.closing import closing_table, task_line
 from impress_lightning.callbacks.progress import say
 from impress_lightning.callbacks.reporting import report_retention
+from impress_lightning.callbacks.requirements import check_stream_datamodule
 from impress_lightning.metrics import forward_transfer, summarise
 from impress_lightning.stages import to_device
 
@@ -96,6 +97,10 @@ class RetentionEvaluator(L.Callback):
         # Checkpoints written before the baseline existed have none: those tasks show no baseline.
         self.best_impression = list(state_dict.get("best_impression", [None] * len(self.matrix)))
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_stream_datamodule(trainer, pl_module)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_started = time.perf_counter()
 
@@ -117,7 +122,9 @@ class RetentionEvaluator(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         row: list[float | None] = [evaluate_task(trainer, pl_module, j, self.split) for j in range(stage.task + 1)]
-        best = best_single_impression(trainer, pl_module, stage.task, self.split) if self.baseline else None
+        best = (best_single_impression(pl_module, stage.task,
+                                       lambda predict: evaluate_task(trainer, pl_module, stage.task, self.split, predict))
+                if self.baseline else None)
         pl_module.train(was_training)
         row += [None] * (pl_module.num_tasks - len(row))
         self.matrix = self.matrix[: stage.task] + [row]
