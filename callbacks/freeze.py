@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
+
+from impress_lightning.callbacks.progress import say
 
 
 class FreezeImpressions(L.Callback):
@@ -28,9 +29,9 @@ class FreezeImpressions(L.Callback):
         pl_module.freeze_stage(stage)
         if self.verbose and stage.kind == "impression":
             stored = sum(layer.bank.stored_bytes() for layer in pl_module.net.layers) // (stage.slot + 1)
-            rank_zero_info(f"[impress] froze impression {stage.slot} (task {stage.task}): {stored} bytes bit-packed")
+            say(trainer, f"[impress] froze impression {stage.slot} (task {stage.task}): {stored} bytes bit-packed")
         if self.verbose and stage.kind == "head":
             plain, hybrid = pl_module.table.head_validation[stage.task].tolist()
             verdict = "kept" if pl_module.table.head_kept[stage.task] else "dropped"
-            rank_zero_info(f"[impress] task {stage.task}: own head mask {verdict} (validation {hybrid:.4f} with it, "
-                           f"{plain:.4f} without)")
+            say(trainer, f"[impress] task {stage.task}: own head mask {verdict} (validation {hybrid:.4f} with it, "
+                         f"{plain:.4f} without)")

@@ -6,7 +6,10 @@ from typing import Sequence
 
 import lightning as L
 
+from lightning.pytorch.callbacks import ProgressBar
+
 from impress_lightning.callbacks.freeze import FreezeImpressions
+from impress_lightning.callbacks.progress import task_progress_bar
 from impress_lightning.callbacks.retention import RetentionEvaluator
 from impress_lightning.callbacks.task_inference import TaskInferenceEvaluator
 
@@ -16,7 +19,11 @@ def stream_callbacks(existing: Sequence[L.Callback]) -> list[L.Callback]:
     and any ``TaskInferenceEvaluator``, in that order, reusing the trainer's instances (and so their settings)
     and creating defaults for the missing ones. Lightning replaces the trainer's callbacks of these types by
     this list, so a plain ``Trainer`` gets them, and in the right order, whatever the user passed; an empty
-    list when the trainer already has them in order."""
+    list when the trainer already has them in order.
+
+    Lightning's default progress bar in ``existing`` (the trainer's own list) is swapped in place for the
+    task-aware one (``callbacks.progress``): returned here instead, it would be announced as overriding a
+    callback the user passed."""
     def first(kind: type) -> L.Callback | None:
         return next((cb for cb in existing if type(cb) is kind), None)
 
@@ -24,6 +31,10 @@ def stream_callbacks(existing: Sequence[L.Callback]) -> list[L.Callback]:
                                  first(RetentionEvaluator) or RetentionEvaluator()]
     ordered += [cb for cb in existing if isinstance(cb, TaskInferenceEvaluator)]
     positions = [next((i for i, cb in enumerate(existing) if cb is wanted), None) for wanted in ordered]
+    if isinstance(existing, list):
+        for i, cb in enumerate(existing):
+            bar = task_progress_bar(cb) if isinstance(cb, ProgressBar) else None
+            existing[i] = bar or cb
     if None not in positions and positions == sorted(positions):
         return []  # all there, in order: nothing to replace (and no override notice from Lightning)
     return ordered

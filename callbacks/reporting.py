@@ -3,7 +3,8 @@
 After each task, :class:`impress_lightning.callbacks.RetentionEvaluator` (rank zero) calls :func:`report_retention`, which gives
 
 * every logger (W&B, TensorBoard, CSV, ...) the storage scalars ``storage/task_bytes``,
-  ``storage/task_trainable_parameters`` and ``storage/total_bytes``;
+  ``storage/task_trainable_parameters`` and ``storage/total_bytes``, and the per-task curves (see
+  :func:`task_curves`) with ``task`` in the same row: W&B plots those against ``task`` (``define_metric``);
 * a :class:`~lightning.pytorch.loggers.WandbLogger` also the accuracy matrix and the per-task storage as
   ``wandb.Table`` (``retention/accuracy_matrix``, ``storage/tasks``) and the heatmaps as images
   (``retention/accuracy_matrix_plot``, and ``retention/alpha_plot`` once a combination task is trained);
@@ -80,6 +81,26 @@ def storage_scalars(tasks: Sequence[Mapping[str, Any]]) -> dict[str, float]:
             "storage/total_bytes": float(sum(task["stored_bytes"] for task in tasks))}
 
 
+TASK_AXIS = "task"
+
+
+def task_curves(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Scalars whose x-axis is the task just finished, ``i``: ``task`` = i, ``retention/acc_taskJJ`` = R[i][j]
+    for every task j seen (one curve per task: how it holds up as the stream goes on), and, where known,
+    ``transfer/best_impression_accuracy`` (the best single impression on task i),
+    ``transfer/gain_over_best_impression`` (task i's accuracy minus that) and ``transfer/fwt``."""
+    row = _required(summary, "accuracy_matrix")[-1]
+    done = len(summary["accuracy_matrix"]) - 1
+    curves = {TASK_AXIS: float(done), **{f"retention/acc_task{j:02d}": float(row[j]) for j in range(done + 1)}}
+    best = summary["tasks"][-1].get("best_impression_accuracy") if summary.get("tasks") else None
+    if best is not None:
+        curves["transfer/best_impression_accuracy"] = float(best)
+        curves["transfer/gain_over_best_impression"] = float(row[done]) - float(best)
+    if summary.get("fwt") is not None:
+        curves["transfer/fwt"] = float(summary["fwt"])
+    return curves
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-markdown table (TensorBoard's text plugin renders it); floats with 4 decimals, None blank."""
     def cell(value: Any) -> str:
@@ -104,6 +125,18 @@ def retention_figures(summary: Mapping[str, Any], pl_module: L.LightningModule) 
     if alphas:
         images[ALPHA_PLOT_KEY] = figure_to_array(figure_alpha(alphas))
     return images
+
+
+def _define_task_axis(logger: WandbLogger, keys: Sequence[str]) -> None:
+    """Plot ``keys`` against ``task`` on W&B. Exact names, which take precedence over the ``*`` ->
+    ``trainer/global_step`` rule Lightning defines; re-defining a key is harmless."""
+    define = getattr(logger.experiment, "define_metric", None)
+    if define is None:
+        return
+    define(TASK_AXIS)
+    for key in keys:
+        if key != TASK_AXIS:
+            define(key, step_metric=TASK_AXIS)
 
 
 def _to_wandb(logger: WandbLogger, summary: Mapping[str, Any], images: Mapping[str, np.ndarray], step: int) -> None:
@@ -143,10 +176,12 @@ def report_retention(trainer: L.Trainer, pl_module: L.LightningModule, summary: 
     # Lightning logs a training epoch's epoch-end metrics (retention/*) at its last batch's step, one behind
     # global_step here (one optimiser step per batch): the same step keeps every logger's axis in order.
     step = max(trainer.global_step - 1, 0)
-    scalars = storage_scalars(tasks)
+    scalars = {**storage_scalars(tasks), **task_curves(summary)}  # one row: each curve beside its task value
     wants_images = plots and any(isinstance(lg, (WandbLogger, TensorBoardLogger)) for lg in trainer.loggers)
     images = retention_figures(summary, pl_module) if wants_images else {}
     for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            _define_task_axis(logger, list(scalars))
         if scalars:
             logger.log_metrics(scalars, step=step)
         if isinstance(logger, WandbLogger):
@@ -169,7 +204,8 @@ def log_config(loggers: Sequence[Logger], config: Mapping[str, Any]) -> None:
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Lightning's ``SaveConfigCallback`` (writes ``config.yaml`` into the log directory) that also sends the
     fully resolved config to every configured logger on rank zero, so a W&B run's config panel shows exactly
-    what ran (``model.mask_rule``, ``trainer.accelerator``, ``data.init_args.*``, ...).
+    what ran (``model.mask_rule``, ``trainer.accelerator``, ``data.init_args.*``, ...), nested as in the YAML
+    and only once (Lightning's flat copy of the module's and datamodule's hyper-parameters is switched off).
 
     Pass it as ``LightningCLI(save_config_callback=LoggedSaveConfigCallback)``; it takes the same arguments
     as ``SaveConfigCallback`` (``save_config_kwargs``).
@@ -179,3 +215,8 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
         """Runs on rank zero only (Lightning's contract), after ``config.yaml`` is written."""
         if trainer.loggers:
             log_config(trainer.loggers, resolved_config(self.parser, self.config))
+            # The nested config already holds every model and data argument: without this Lightning would
+            # add them again as flat top-level keys (``backbone``, ``num_tasks``, ...) right after setup.
+            pl_module._log_hyperparams = False
+            if trainer.datamodule is not None:
+                trainer.datamodule._log_hyperparams = False

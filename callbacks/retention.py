@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from impress_lightning.callbacks.baseline import best_single_impression
+from impress_lightning.callbacks.closing import closing_table, task_line
+from impress_lightning.callbacks.progress import say
 from impress_lightning.callbacks.reporting import report_retention
-from impress_lightning.metrics import summarise
+from impress_lightning.callbacks.requirements import check_stream_datamodule
+from impress_lightning.metrics import forward_transfer, summarise
 from impress_lightning.stages import to_device
 
 
@@ -44,12 +48,15 @@ def rank_shard(loader: DataLoader, trainer: L.Trainer) -> DataLoader:
 
 
 @torch.no_grad()
-def evaluate_task(trainer: L.Trainer, pl_module: L.LightningModule, task: int, split: str) -> float:
-    """Accuracy of finished ``task`` on its ``split`` loader, summed exactly over all ranks."""
+def evaluate_task(trainer: L.Trainer, pl_module: L.LightningModule, task: int, split: str,
+                  predict: Callable[[Tensor], Tensor] | None = None) -> float:
+    """Accuracy on ``task``'s ``split`` loader of ``predict`` (labels of a batch; default the finished task's own
+    weights, ``pl_module.predict_task``), summed exactly over all ranks."""
+    predict = predict or (lambda x: pl_module.predict_task(x, task))
     counts = torch.zeros(2, device=pl_module.device, dtype=torch.float64)
     for batch in rank_shard(trainer.datamodule.eval_dataloader(task, split), trainer):
         x, y = to_device(batch, trainer)
-        counts[0] += (pl_module.predict_task(x, task) == y).sum()
+        counts[0] += (predict(x) == y).sum()
         counts[1] += y.numel()
     counts = trainer.strategy.reduce(counts, reduce_op="sum")
     return float(counts[0] / counts[1])
@@ -57,7 +64,8 @@ def evaluate_task(trainer: L.Trainer, pl_module: L.LightningModule, task: int, s
 
 class RetentionEvaluator(L.Callback):
     """Fills the accuracy matrix R (R[i][j] = accuracy on task j after training task i) after each task and
-    writes ``retention.json`` and ``retention.png`` (and ``alpha.png``) into the run directory.
+    writes ``retention.json`` and ``retention.png`` (and ``alpha.png``) into the run directory; prints a line
+    per task and, at the end of fit, a closing table through the progress bar (so they stay on screen).
 
     Runs on the module's device (the GPU when there is one). The matrix is callback state, so it is saved in
     checkpoints and a resumed run continues it.
@@ -66,20 +74,40 @@ class RetentionEvaluator(L.Callback):
         split: "test" or "val" examples of each task.
         output_dir: where to write the files; default the trainer's log directory.
         plots: also write the PNG figures.
+        baseline: evaluate every impression stored before a task alone on that task (one evaluation per
+            stored impression and task): the best single impression's accuracy, the reference a combination
+            task has to beat, and forward transfer.
     """
 
-    def __init__(self, split: Literal["test", "val"] = "test", output_dir: str | None = None, plots: bool = True) -> None:
-        self.split, self.output_dir, self.plots = split, output_dir, plots
+    def __init__(self, split: Literal["test", "val"] = "test", output_dir: str | None = None, plots: bool = True,
+                 baseline: bool = True) -> None:
+        self.split, self.output_dir, self.plots, self.baseline = split, output_dir, plots, baseline
         self.matrix: list[list[float | None]] = []
         self.task_seconds: list[float] = []
+        self.best_impression: list[dict[str, float | int] | None] = []
         self._task_started: float | None = None
+        self._fit_started: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"matrix": self.matrix, "task_seconds": self.task_seconds}
+        return {"matrix": self.matrix, "task_seconds": self.task_seconds, "best_impression": self.best_impression}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.matrix = [list(row) for row in state_dict["matrix"]]
         self.task_seconds = list(state_dict["task_seconds"])
+        # Checkpoints written before the baseline existed have none: those tasks show no baseline.
+        self.best_impression = list(state_dict.get("best_impression", [None] * len(self.matrix)))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_stream_datamodule(trainer, pl_module)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_started = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.matrix and trainer.is_global_zero:
+            wall = time.perf_counter() - (self._fit_started or time.perf_counter())
+            say(trainer, closing_table(self.summary(pl_module), wall))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._task_started is None:
@@ -94,18 +122,20 @@ class RetentionEvaluator(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         row: list[float | None] = [evaluate_task(trainer, pl_module, j, self.split) for j in range(stage.task + 1)]
+        best = (best_single_impression(pl_module, stage.task,
+                                       lambda predict: evaluate_task(trainer, pl_module, stage.task, self.split, predict))
+                if self.baseline else None)
         pl_module.train(was_training)
         row += [None] * (pl_module.num_tasks - len(row))
         self.matrix = self.matrix[: stage.task] + [row]
         self.task_seconds = self.task_seconds[: stage.task] + [seconds]
+        self.best_impression = (self.best_impression + [None] * stage.task)[: stage.task] + [best]
         summary = self.summary(pl_module)
         metrics = {"retention/average_accuracy": summary["average_accuracy"], "retention/bwt": summary["bwt"],
                    "retention/forgetting": summary["forgetting"], "retention/task_accuracy": row[stage.task]}
         # Every rank holds the same exactly-reduced values: log them once.
         pl_module.log_dict({k: float(v) for k, v in metrics.items()}, on_epoch=True, rank_zero_only=True)
-        rank_zero_info(f"[impress] task {stage.task} ({pl_module.schedule.kind_of_task(stage.task)}) done: "
-                       f"acc {row[stage.task]:.4f}, avg over seen {summary['average_accuracy']:.4f}, "
-                       f"BWT {summary['bwt']:+.4f}")
+        say(trainer, task_line(summary))
         if trainer.is_global_zero:
             self.write(trainer, pl_module, summary)
 
@@ -114,11 +144,25 @@ class RetentionEvaluator(L.Callback):
         seen = len(self.matrix)
         stats = summarise([row[:seen] for row in self.matrix])
         tasks = [{"task": t, "kind": pl_module.schedule.kind_of_task(t), "seconds": self.task_seconds[t],
-                  **pl_module.task_storage(t), **pl_module.placement(t)} for t in range(seen)]
+                  **pl_module.task_storage(t), **pl_module.placement(t), **_baseline_fields(self.best_impression, t)}
+                 for t in range(seen)]
         return {"accuracy_matrix": self.matrix, "average_accuracy": stats["average_accuracy"], "bwt": stats["bwt"],
-                "forgetting": stats["forgetting"], "tasks": tasks, "split": self.split,
+                "forgetting": stats["forgetting"], **self.transfer(pl_module), "tasks": tasks, "split": self.split,
                 "impression_source": pl_module.source, "num_impressions": pl_module.bank_size,
                 "total_stored_bytes": sum(task["stored_bytes"] for task in tasks)}
+
+    def transfer(self, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Forward transfer (``metrics.forward_transfer``): "before training task j" is the best single
+        impression's accuracy on j, the reference is chance, 1/num_classes (what a model that never saw task
+        j scores in expectation). None until a task with stored impressions before it is done."""
+        ahead = [list(row) for row in self.matrix]
+        for j, best in enumerate(self.best_impression[: len(ahead)]):
+            if j > 0 and best is not None:
+                ahead[j - 1][j] = best["accuracy"]
+        chance = 1.0 / pl_module.num_classes
+        fwt = forward_transfer(ahead, [chance] * pl_module.num_tasks) if ahead else None
+        return {"fwt": fwt, "fwt_reference": f"chance (1/num_classes = {chance:.4f}); before training task j: the "
+                "best single impression's accuracy on j"}
 
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, summary: dict[str, Any]) -> None:
         out = run_directory(trainer, self.output_dir)
@@ -135,3 +179,9 @@ class RetentionEvaluator(L.Callback):
                   for t in range(len(self.matrix)) if kinds[t] == "combination"}
         if alphas:
             plot_alpha(alphas, out / "alpha.png")
+
+
+def _baseline_fields(best_impression: list[dict[str, float | int] | None], task: int) -> dict[str, Any]:
+    best = best_impression[task] if task < len(best_impression) else None
+    return {"best_impression_accuracy": None if best is None else best["accuracy"],
+            "best_impression_slot": None if best is None else best["slot"]}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
 
+from impress_lightning.callbacks.progress import say
 from impress_lightning.callbacks.retention import RetentionEvaluator
 
 FIELDS = ("task", "kind", "acc", "epoch")
@@ -95,4 +95,4 @@ class TaskCheckpoint(Checkpoint):
         trainer.save_checkpoint(path, weights_only=False)  # collective: every rank calls it, rank zero writes
         self.saved.append(str(path))
         if self.verbose:
-            rank_zero_info(f"[impress] task {stage.task} checkpoint: {path}")
+            say(trainer, f"[impress] task {stage.task} checkpoint: {path}")

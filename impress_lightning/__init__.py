@@ -34,7 +34,7 @@ _EXPORTS = {
     "TaskCheckpoint": "impress_lightning.callbacks",
     "TaskInferenceEvaluator": "impress_lightning.callbacks",
     **{name: "impress_lightning.data" for name in (
-        "TaskSequenceDataModule", "EmbeddedDigits", "PermutedMNIST", "RotatedMNIST", "SplitMNIST",
+        "TaskSequenceDataModule", "DatasetTaskSequence", "EmbeddedDigits", "PermutedMNIST", "RotatedMNIST", "SplitMNIST",
         "SplitFashionMNIST", "SplitCIFAR10", "SplitCIFAR100", "SplitImageNet")},
     **{name: "impress_lightning.nn" for name in (
         "TopK", "Threshold", "PerLayer", "Global", "PerNeuron", "SupermaskNet", "to_supermask")},

@@ -69,6 +69,10 @@ class RecordingRun:
         self.init, self.history, self.summary, self.config_values = init, [], {}, {}
         self.id, self.name, self.dir = "recorded", "recorded", init.get("dir")
         self.config = SimpleNamespace(update=lambda values, **kwargs: self.config_values.update(values))
+        self.defined: dict[str, str | None] = {}  # define_metric: metric name -> its step metric
+
+    def define_metric(self, name: str, step_metric: str | None = None, **kwargs: Any) -> None:
+        self.defined[name] = step_metric
 
     def log(self, row: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         self.history.append(dict(row))
@@ -170,6 +174,34 @@ def test_wandb_config_is_the_resolved_cli_config(wandb_run):
     assert config["data"]["init_args"]["train_subset"] == 128
 
 
+@pytest.mark.slow
+def test_wandb_config_is_nested_only(wandb_run):
+    # Lightning's flat copy of the module's and datamodule's hyper-parameters is switched off by the CLI.
+    assert not {"backbone", "num_tasks", "dataset", "num_impressions"} & set(wandb_run["config"])
+    assert {"model", "data", "trainer"} <= set(wandb_run["config"])
+
+
+@pytest.mark.slow
+def test_wandb_per_task_curves_use_task_as_their_axis(wandb_run):
+    history, defined, retention = wandb_run["history"], wandb_run["run"].defined, wandb_run["retention"]
+    curves = [row for row in history if "retention/acc_task00" in row]
+    assert [row["task"] for row in curves] == [0, 1, 2]  # the axis value rides in the same row
+    for i, row in enumerate(curves):  # row i: every seen task's accuracy after task i, as in retention.json
+        assert [row.get(f"retention/acc_task{j:02d}") for j in range(3)] == pytest.approx(
+            retention["accuracy_matrix"][i][: i + 1] + [None] * (2 - i))
+    assert defined["retention/acc_task02"] == "task" and "task" in defined
+    # Task 2 combines 2 impressions: its baseline is the best of them alone, as retention.json records.
+    best = retention["tasks"][2]["best_impression_accuracy"]
+    assert curves[2]["transfer/best_impression_accuracy"] == pytest.approx(best)
+    assert curves[2]["transfer/gain_over_best_impression"] == pytest.approx(retention["accuracy_matrix"][2][2] - best)
+    assert defined["transfer/best_impression_accuracy"] == "task"
+    assert curves[2]["transfer/fwt"] == pytest.approx(retention["fwt"])
+    # The stated reference: chance (1/10 classes); "before training task j": its best single impression.
+    ahead = [retention["tasks"][j]["best_impression_accuracy"] for j in (1, 2)]
+    assert retention["fwt"] == pytest.approx(sum(a - 0.1 for a in ahead) / 2)
+    assert retention["tasks"][0]["best_impression_accuracy"] is None  # nothing stored before task 0
+
+
 # ----- CSV and TensorBoard -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_csv_logger_gets_the_same_metric_names(wandb_run, tmp_path, monkeypatch):
@@ -265,7 +297,7 @@ def test_other_loggers_get_the_storage_scalars_at_the_epoch_metrics_step():
     logger = RecordingLogger()
     report_retention(fake_trainer(logger), pl_module=None, summary=SUMMARY)
     assert logger.logged == [({"storage/task_bytes": 10.0, "storage/task_trainable_parameters": 80.0,
-                               "storage/total_bytes": 10.0}, 7)]
+                               "storage/total_bytes": 10.0, "task": 0.0, "retention/acc_task00": 0.8}, 7)]
 
 
 def test_report_is_silent_off_rank_zero_and_rejects_a_bad_summary():

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from impress_lightning.data.base import Provider
 from impress_lightning.data.families import ClassSplit, PermutedPixels, Rotations, TaskFamily
 from impress_lightning.data.imagenet import FolderSource, count_classes
 from impress_lightning.data.providers import get_provider
@@ -61,7 +62,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
                  val_fraction: float = 0.1, train_subset: int | None = None, seed: int = 0,
                  augment: bool | None = None, shuffle_classes: bool = True, pin_memory: bool | None = None) -> None:
         super().__init__()
-        self.provider = get_provider(dataset)
+        self.provider = self._find_provider(dataset)
         info = self.provider.info
         if family not in FAMILIES:
             raise ValueError(f"family={family!r} is unknown; choose one of {list(FAMILIES)}")
@@ -89,7 +90,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
         _check(not (download and not info.in_memory),
                f"download=true is not possible for dataset={dataset!r}: place the ImageFolder trees under "
                f"{Path(data_dir) / 'train'} and {Path(data_dir) / 'val'}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(self._unsaved_arguments))
         self.dataset, self.family_name, self._num_tasks = dataset, family, num_tasks
         self.classes_per_task, self.data_dir, self.download = classes_per_task, Path(data_dir), download
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -101,6 +102,13 @@ class TaskSequenceDataModule(L.LightningDataModule):
         self._family: TaskFamily | None = None
         self._source: InMemorySource | FolderSource | None = None
         self._task_of_epoch: Callable[[int], int] | None = None  # set by follow_schedule
+
+    # Arguments of a subclass's __init__ that are data, not settings (kept out of checkpoints and loggers).
+    _unsaved_arguments: tuple[str, ...] = ()
+
+    def _find_provider(self, dataset: str) -> Provider:
+        """The base dataset called ``dataset`` (a subclass over the user's own data supplies its own)."""
+        return get_provider(dataset)
 
     # ----- metadata read by LightningCLI links (no data is loaded) -------------------------------------------
     @property
