@@ -54,11 +54,17 @@ def coefficient_shapes(bank: dict) -> list[tuple[int, list[int]]]:
 
 
 def task_weights(bank: dict, task: int) -> list[torch.Tensor]:
-    """Spec "Forward formula": W_l ⊙ M_slot for an impression task, W_l ⊙ Σ_k α_l[..., k] M_{k,l} otherwise."""
+    """Spec "Forward formula": W_l ⊙ M_slot for an impression task, W_l ⊙ Σ_k α_l[..., k] M_{k,l} otherwise,
+    and W_last ⊙ H_t on the last layer of a task in ``head_tasks``."""
     seed, slot = bank["seed"], bank["slots"][bank["tasks"].index(task)]
+    head_tasks = bank.get("head_tasks", [])
     weights = []
     for i, shape in enumerate(bank["layer_shapes"]):
         weight = signed_constant_weight(shape, math.prod(shape[1:]), seed * 100_003 + i)
+        if i == len(bank["layer_shapes"]) - 1 and task in head_tasks:
+            head = unpack(bank["head_masks"][head_tasks.index(task)], math.prod(shape)).view(shape)
+            weights.append(weight * head)
+            continue
         masks = layer_masks(bank, i)
         if slot >= 0:
             weights.append(weight * masks[slot])
