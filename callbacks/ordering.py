@@ -7,20 +7,22 @@ from typing import Sequence
 import lightning as L
 
 from impress_lightning.callbacks.freeze import FreezeImpressions
+from impress_lightning.callbacks.numerics import NonFiniteGuard
 from impress_lightning.callbacks.retention import RetentionEvaluator
 from impress_lightning.callbacks.task_inference import TaskInferenceEvaluator
 
 
 def stream_callbacks(existing: Sequence[L.Callback]) -> list[L.Callback]:
-    """What ``ImpressLearnModule.configure_callbacks`` returns: ``FreezeImpressions``, ``RetentionEvaluator``
-    and any ``TaskInferenceEvaluator``, in that order, reusing the trainer's instances (and so their settings)
-    and creating defaults for the missing ones. Lightning replaces the trainer's callbacks of these types by
+    """What ``ImpressLearnModule.configure_callbacks`` returns: ``NonFiniteGuard``, ``FreezeImpressions``,
+    ``RetentionEvaluator`` and any ``TaskInferenceEvaluator``, in that order, reusing the trainer's instances
+    (and so their settings) and creating defaults for the missing ones. Lightning replaces the trainer's callbacks of these types by
     this list, so a plain ``Trainer`` gets them, and in the right order, whatever the user passed; an empty
     list when the trainer already has them in order."""
     def first(kind: type) -> L.Callback | None:
         return next((cb for cb in existing if type(cb) is kind), None)
 
-    ordered: list[L.Callback] = [first(FreezeImpressions) or FreezeImpressions(),
+    ordered: list[L.Callback] = [first(NonFiniteGuard) or NonFiniteGuard(),
+                                 first(FreezeImpressions) or FreezeImpressions(),
                                  first(RetentionEvaluator) or RetentionEvaluator()]
     ordered += [cb for cb in existing if isinstance(cb, TaskInferenceEvaluator)]
     positions = [next((i for i, cb in enumerate(existing) if cb is wanted), None) for wanted in ordered]

@@ -130,10 +130,10 @@ def test_resume_from_last_without_a_last_checkpoint_is_refused(tmp_path: Path) -
     (run / "checkpoints" / "task00-impression-acc0.5000.ckpt").write_bytes(b"kept")
     (run / "retention.json").write_text("{}")
     before = files(run)
-    with pytest.raises(SystemExit) as exit_info:  # Lightning alone would warn and train from scratch over it
+    with pytest.raises(ValueError) as error:  # Lightning alone would warn and train from scratch over it
         main(stream_args(tmp_path, "--ckpt_path", "last"))
-    message = str(exit_info.value.code)
-    assert message.startswith("error: --ckpt_path last but") and "holds no last*.ckpt" in message
+    message = str(error.value)
+    assert message.startswith("--ckpt_path last but") and "holds no last*.ckpt" in message
     assert files(run) == before
 
 

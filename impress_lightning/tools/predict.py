@@ -11,6 +11,7 @@ Inputs: a folder of images (png, jpg, ... read with PIL, converted to the bank's
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from rich.progress import Progress
 from torch import Tensor
 
 from impress_lightning.artifact import ArtifactError, TaskBank
+from impress_lightning.atomic import atomic_write
 from impress_lightning.bank_model import TaskBankModel
 from impress_lightning.commands import COMMANDS
 from impress_lightning.data import NormalizeCollate
@@ -137,14 +139,14 @@ def write_rows(rows: list[dict[str, Any]], output: Path | None, overwrite: bool)
         return
     if output.exists() and not overwrite:
         raise ArtifactError(f"--output {output} already exists: choose another path or pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".json":
-        output.write_text(json.dumps(rows, indent=1))
-    else:
-        with output.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["input", "task", "label", "output"])
-            writer.writeheader()
-            writer.writerows(rows)
+        atomic_write(output, json.dumps(rows, indent=1))
+        return
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["input", "task", "label", "output"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(output, text.getvalue())
 
 
 def build_parser() -> ArgumentParser:
