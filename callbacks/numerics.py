@@ -61,13 +61,13 @@ class NonFiniteGuard(L.Callback):
             if trainer.world_size > 1:
                 verdict[1:] = trainer.strategy.reduce(verdict[1:], reduce_op="sum")
         value, bad = verdict.tolist()
-        where = (f"task {stage.task} ({stage.kind} stage {stage.index}, epoch {trainer.current_epoch}, "
-                 f"batch {batch_idx}, step {trainer.global_step})")
+        where = (f"task {stage.task}, stage {stage.index} ({stage.kind}), epoch {trainer.current_epoch}, "
+                 f"batch {batch_idx}, step {trainer.global_step}")
         if bad:
             what = f"training loss {value}" if not math.isfinite(value) else (
-                "the learned " + ("mask scores" if stage.kind == "impression" else "coefficients"))
+                "mask scores" if stage.kind == "impression" else "coefficients")
             raise NonFiniteError(
-                f"non-finite {what} in {where}; nothing of task {stage.task} was recorded as learned: lower the "
+                f"non-finite {what} at {where}; nothing of task {stage.task} was recorded as learned: lower the "
                 f"learning rate ({_OPTIMIZER_OF[stage.kind]}) and resume from the last finished task's checkpoint "
                 f"(checkpoints/taskNN-*.ckpt) or with --ckpt_path last")
         self._warn_if_diverging(stage, value, where)
@@ -78,6 +78,6 @@ class NonFiniteGuard(L.Callback):
             return
         if value > self.divergence_factor * max(abs(start), 1e-12):
             self._warned.add(stage.index)
-            rank_zero_warn(f"[impress] the training loss of {where} is {value:.3g}, {value / max(abs(start), 1e-12):.3g}x "
+            rank_zero_warn(f"[impress] the training loss at {where} is {value:.3g}, {value / max(abs(start), 1e-12):.3g}x "
                            f"its start ({start:.3g}): the learning rate ({_OPTIMIZER_OF[stage.kind]}) is probably "
                            "too high")

@@ -40,7 +40,7 @@ def load_checkpoint(path: str | Path, trust: bool = False, trust_flag: str | Non
         raise CheckpointError(f"{field} {path} is a folder: pass a checkpoint file (e.g. {path / 'last.ckpt'})")
     if not path.is_file():
         raise CheckpointError(f"{field} {path} does not exist: pass an existing .ckpt file (e.g. "
-                              "<run dir>/checkpoints/last.ckpt), or --ckpt_path last")
+                              "<run dir>/checkpoints/last.ckpt)")
     content = path.read_bytes()
     try:
         ckpt = torch.load(io.BytesIO(content), map_location="cpu", weights_only=not trust)

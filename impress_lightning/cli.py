@@ -43,6 +43,7 @@ class ImpressLightningCLI(LightningCLI):
     """
 
     _run_lock: RunLock | None = None
+    _loaded: tuple[Path, dict] | None = None  # the --ckpt_path file read in _parse_ckpt_path
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -103,7 +104,7 @@ class ImpressLightningCLI(LightningCLI):
             Path(ckpt_path) if _is_checkpoint_file(ckpt_path) else None
         if path is None:
             return  # nothing to load (or "last" with nothing to resume: a first start, see _protect_run_directory)
-        loaded = getattr(self, "_loaded", None)
+        loaded = self._loaded
         ckpt = loaded[1] if loaded is not None and loaded[0] == path else load_checkpoint(path)[0]
         for note in config_mismatch(ckpt, self.model.hparams, getattr(self.datamodule, "hparams", None), path):
             rank_zero_info(f"[impress] resuming with a changed setting: {note}")
@@ -118,9 +119,6 @@ class ImpressLightningCLI(LightningCLI):
                 raise RunDirectoryError("resuming with WandbLogger needs the interrupted run's id: add "
                                         "--trainer.logger.init_args.id <run id> (see docs/wandb.md)")
         run_dir = self._run_directory()
-        if run_dir.exists() and not run_dir.is_dir():
-            raise RunDirectoryError(f"run directory {run_dir} is a file: remove it, or start elsewhere with "
-                                    "--trainer.logger.init_args.save_dir <new dir>")
         earlier = [p.name for p in (run_dir / "checkpoints", run_dir / "retention.json") if p.exists()]
         if config.get("ckpt_path") == "last" and earlier and self._last_checkpoint(run_dir) is None:
             # Lightning would only warn and train from scratch over the earlier run's files.
@@ -160,8 +158,8 @@ class ImpressLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         # Everything that can refuse the run comes before the first write (lock, metrics rename, config.yaml).
         self._check_checkpoint()
+        self._lock_run_directory()  # first: a directory another live run holds is refused as such
         self._protect_run_directory()
-        self._lock_run_directory()
         if self.config[self.subcommand].get("ckpt_path"):
             self._keep_metrics_history(self._run_directory())
         self._size_trainer()

@@ -23,18 +23,27 @@ _MAX_CHARS = 400
 
 
 def one_line(message: str) -> str:
-    """``message`` on one line (whitespace runs collapsed), shortened to a readable length."""
+    """``message`` on one line: whitespace runs collapsed, jsonargparse's wording tidied (``model.x: expected
+    int``; of a union's alternatives such as ``int | None`` only the one that is not ``None``), shortened to a
+    readable length."""
     text = re.sub(r"\s+", " ", str(message)).strip()
+    text = re.sub(r'^Parser key "([^"]+)": ', r"\1: ", text)
+    union = re.match(r"^(?:(\S+): )?Does not validate against any of the Union subtypes .*? Errors: (.*?)"
+                     r"(?: Given value type: .*? Given value: (.*))?$", text)
+    if union:
+        reasons = [r.strip(" -") for r in union.group(2).split(" - ") if r.strip(" -") and "NoneType" not in r]
+        if len(reasons) == 1:
+            key, given = union.group(1), union.group(3)
+            text = f"{key}: {reasons[0]}. Got value: {given}" if key else reasons[0]
+    text = re.sub(r"Expected an? typing\.Literal\[(.*?)\]", r"expected one of [\1]", text)
+    text = re.sub(r"Expected an? <class '([\w.]+)'>", r"expected \1", text)
+    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
     return text if len(text) <= _MAX_CHARS else text[: _MAX_CHARS - 3] + "..."
 
 
 def parser_message(err: ArgumentError, prog: str) -> str:
     """A jsonargparse error as one line that ends with where the options are listed."""
-    text = one_line(str(err.message if hasattr(err, "message") else err))
-    text = re.sub(r'^Parser key "([^"]+)": ', r"\1: ", text)  # `model.x: Expected ...`
-    text = re.sub(r"Expected an? <class '([\w.]+)'>", r"expected \1", text)
-    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
-    return f"{text} (see `{prog} --help`)"
+    return f"{one_line(str(err.message if hasattr(err, 'message') else err))} (see `{prog} --help`)"
 
 
 def run_reporting_errors(main: Callable[[], object], prog: str) -> int:

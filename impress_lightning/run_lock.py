@@ -25,10 +25,10 @@ class RunLockError(ValueError):
 class RunLock:
     """An acquired lock on ``run_dir`` (see :meth:`acquire`); :meth:`release` gives it back."""
 
-    def __init__(self, run_dir: Path, fd: int, created_dir: bool, took_over: dict | None) -> None:
+    def __init__(self, run_dir: Path, fd: int, created: list[Path], took_over: dict | None) -> None:
         self.run_dir, self.path = run_dir, run_dir / LOCK_NAME
         self._fd: int | None = fd
-        self._created_dir = created_dir
+        self._created = created  # folders this lock made, deepest first
         self.took_over = took_over  # what the stale lock said, when a killed run left one
 
     @classmethod
@@ -39,7 +39,7 @@ class RunLock:
         if run_dir.exists() and not run_dir.is_dir():
             raise RunLockError(f"run directory {run_dir} is a file: remove it, or write elsewhere with "
                                "--trainer.logger.init_args.save_dir <new dir>")
-        created = not run_dir.exists()
+        created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / LOCK_NAME
         while True:
@@ -67,16 +67,18 @@ class RunLock:
         return cls(run_dir, fd, created, stale or None)
 
     def release(self) -> None:
-        """Remove the lock file and unlock (idempotent); also remove the run directory if this run created it
-        and left nothing in it."""
+        """Remove the lock file and unlock (idempotent); also remove the folders :meth:`acquire` created if the
+        run left nothing in them (a run refused at set-up leaves no trace)."""
         if self._fd is None:
             return
         self.path.unlink(missing_ok=True)  # before unlocking: a waiting run then retries on a fresh file
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
-        if self._created_dir and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
-            self.run_dir.rmdir()
+        for folder in self._created:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def _read(fd: int) -> dict:

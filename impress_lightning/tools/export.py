@@ -164,7 +164,7 @@ def build_parser() -> ArgumentParser:
     """Arguments of ``impress-lightning export``."""
     parser = ArgumentParser(
         prog="impress-lightning export", description=COMMANDS["export"] + " The frozen weights are regenerated "
-        "from the backbone seed, never stored.")
+        "from the backbone seed, never stored.", exit_on_error=False)  # errors raise: one line, no usage block
     parser.add_argument("--ckpt_path", required=True, type=Path, help="Lightning checkpoint of ImpressLearnModule")
     parser.add_argument("--output", required=True, type=Path, help="task bank file to write (e.g. bank.pt)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
@@ -206,4 +206,6 @@ def main(argv: Sequence[str] | None = None) -> TaskBank:
 
 
 if __name__ == "__main__":
-    main()
+    from impress_lightning.errors import run_reporting_errors
+
+    raise SystemExit(run_reporting_errors(main, "impress-lightning export"))
