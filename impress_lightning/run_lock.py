@@ -1,6 +1,7 @@
 """A lock on a run directory, so two live runs never write into the same one.
 
-``fit`` (and a resume) takes ``<run dir>/.run.lock`` before it writes anything and releases it when it ends.
+``fit`` (and a resume) takes ``.<run name>.lock`` next to the run directory (inside it, the lock would make a
+fresh run's directory look used) before it writes anything, and releases it when it ends.
 The lock is an exclusive ``flock`` on that file: the kernel drops it when the holding process dies, however it
 dies (SIGKILL, OOM, node loss on a local disk), so a lock left by a killed run is stale by construction and
 the next run takes it over. The file's content (pid, host, start time) only serves the error message.
@@ -15,7 +16,11 @@ import socket
 import time
 from pathlib import Path
 
-LOCK_NAME = ".run.lock"
+
+
+def lock_path(run_dir: Path) -> Path:
+    """Where the lock of ``run_dir`` lives: ``<parent>/.<name>.lock``."""
+    return run_dir.with_name(f".{run_dir.name}.lock")
 
 
 class RunLockError(ValueError):
@@ -26,22 +31,22 @@ class RunLock:
     """An acquired lock on ``run_dir`` (see :meth:`acquire`); :meth:`release` gives it back."""
 
     def __init__(self, run_dir: Path, fd: int, created: list[Path], took_over: dict | None) -> None:
-        self.run_dir, self.path = run_dir, run_dir / LOCK_NAME
+        self.run_dir, self.path = run_dir, lock_path(run_dir)
         self._fd: int | None = fd
         self._created = created  # folders this lock made, deepest first
         self.took_over = took_over  # what the stale lock said, when a killed run left one
 
     @classmethod
     def acquire(cls, run_dir: str | Path) -> RunLock:
-        """Lock ``run_dir`` (created if needed) for this process, or raise :class:`RunLockError` naming the live
-        run that holds it."""
+        """Lock ``run_dir`` for this process (its parent folder is created if needed), or raise
+        :class:`RunLockError` naming the live run that holds it."""
         run_dir = Path(run_dir)
         if run_dir.exists() and not run_dir.is_dir():
             raise RunLockError(f"run directory {run_dir} is a file: remove it, or write elsewhere with "
                                "--trainer.logger.init_args.save_dir <new dir>")
-        created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / LOCK_NAME
+        path = lock_path(run_dir)
+        created = [d for d in path.parents if not d.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -16,7 +16,7 @@ import torch
 from torchvision import datasets
 
 from impress_lightning.cli import entry, main
-from impress_lightning.run_lock import LOCK_NAME, RunLock
+from impress_lightning.run_lock import RunLock, lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -256,18 +256,18 @@ def test_a_directory_held_by_a_live_run_is_refused_and_a_stale_lock_is_taken_ove
             RunLock.acquire(finished.run)
     finally:
         held.release()
-    assert not (finished.run / LOCK_NAME).exists()
+    assert not lock_path(finished.run).exists()
     # A killed run leaves its lock file but no flock on it: the next run takes it over.
-    write(finished.run / LOCK_NAME, json.dumps({"pid": 999999, "host": "gone"}))
+    write(lock_path(finished.run), json.dumps({"pid": 999999, "host": "gone"}))
     lock = RunLock.acquire(finished.run)
     assert lock.took_over == {"pid": 999999, "host": "gone"}
     lock.release()
-    assert not (finished.run / LOCK_NAME).exists()
+    assert not lock_path(finished.run).exists()
 
 
 def test_a_lock_on_a_new_directory_leaves_no_trace(tmp_path: Path) -> None:
     lock = RunLock.acquire(tmp_path / "runs" / "new")
-    assert (tmp_path / "runs" / "new" / LOCK_NAME).exists()
+    assert lock_path(tmp_path / "runs" / "new").exists() and not (tmp_path / "runs" / "new").exists()
     lock.release()
     lock.release()  # idempotent
     assert list(tmp_path.iterdir()) == []
