@@ -76,8 +76,8 @@ class NonFiniteGuard(L.Callback):
         start = self._start_loss.setdefault(stage.index, value)
         if self.divergence_factor is None or stage.index in self._warned:
             return
-        if value > self.divergence_factor * max(abs(start), 1e-12):
+        ratio = value / max(abs(start), 1e-12)
+        if ratio > self.divergence_factor:
             self._warned.add(stage.index)
-            rank_zero_warn(f"[impress] the training loss at {where} is {value:.3g}, {value / max(abs(start), 1e-12):.3g}x "
-                           f"its start ({start:.3g}): the learning rate ({_OPTIMIZER_OF[stage.kind]}) is probably "
-                           "too high")
+            rank_zero_warn(f"[impress] the training loss at {where} is {value:.3g}, {ratio:.3g}x its start "
+                           f"({start:.3g}): the learning rate ({_OPTIMIZER_OF[stage.kind]}) is probably too high")

@@ -13,19 +13,21 @@ from impress_lightning.callbacks.task_inference import TaskInferenceEvaluator
 
 
 def stream_callbacks(existing: Sequence[L.Callback]) -> list[L.Callback]:
-    """What ``ImpressLearnModule.configure_callbacks`` returns: ``NonFiniteGuard``, ``FreezeImpressions``,
-    ``RetentionEvaluator`` and any ``TaskInferenceEvaluator``, in that order, reusing the trainer's instances
-    (and so their settings) and creating defaults for the missing ones. Lightning replaces the trainer's callbacks of these types by
-    this list, so a plain ``Trainer`` gets them, and in the right order, whatever the user passed; an empty
-    list when the trainer already has them in order."""
+    """What ``ImpressLearnModule.configure_callbacks`` returns: ``FreezeImpressions``, ``RetentionEvaluator``
+    and any ``TaskInferenceEvaluator``, in that order, reusing the trainer's instances (and so their settings)
+    and creating defaults for the missing ones, plus a ``NonFiniteGuard`` (where it runs does not matter: it
+    acts after each step). Lightning replaces the trainer's callbacks of these types by this list, so a plain
+    ``Trainer`` gets them, and in the right order, whatever the user passed. When the trainer already has the
+    three in order, they are not returned (and keep their places among the user's callbacks): only a missing
+    guard is."""
     def first(kind: type) -> L.Callback | None:
         return next((cb for cb in existing if type(cb) is kind), None)
 
-    ordered: list[L.Callback] = [first(NonFiniteGuard) or NonFiniteGuard(),
-                                 first(FreezeImpressions) or FreezeImpressions(),
+    guard = [] if first(NonFiniteGuard) else [NonFiniteGuard()]
+    ordered: list[L.Callback] = [first(FreezeImpressions) or FreezeImpressions(),
                                  first(RetentionEvaluator) or RetentionEvaluator()]
     ordered += [cb for cb in existing if isinstance(cb, TaskInferenceEvaluator)]
     positions = [next((i for i, cb in enumerate(existing) if cb is wanted), None) for wanted in ordered]
     if None not in positions and positions == sorted(positions):
-        return []  # all there, in order: nothing to replace (and no override notice from Lightning)
-    return ordered
+        return guard  # all there, in order: nothing to replace (and no override notice from Lightning)
+    return guard + ordered

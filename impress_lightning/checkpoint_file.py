@@ -23,6 +23,10 @@ class CheckpointError(ValueError):
 RESUMABLE_MODEL = frozenset({"alpha_start", "cosine_schedule", "alpha_regularization", "probe_batches",
                              "eval_cache_size"})
 RESUMABLE_DATA = frozenset({"data_dir", "download", "batch_size", "eval_batch_size", "num_workers", "pin_memory"})
+# Evaluating (validate / test) runs no schedule and reads no training examples: epochs, the training subset and
+# augmentation may differ too.
+EVALUABLE_MODEL = RESUMABLE_MODEL | {"impression_epochs", "combination_epochs"}
+EVALUABLE_DATA = RESUMABLE_DATA | {"train_subset", "augment"}
 _SKIPPED = frozenset({"_instantiator"})
 
 
@@ -95,13 +99,16 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: st
 
 
 def config_mismatch(ckpt: Mapping[str, Any], model_hparams: Mapping[str, Any],
-                    data_hparams: Mapping[str, Any] | None, path: str | Path) -> list[str]:
+                    data_hparams: Mapping[str, Any] | None, path: str | Path, evaluating: bool = False) -> list[str]:
     """Raise :class:`CheckpointError` naming every refused difference between checkpoint ``path`` and the
-    config; return the allowed ones (to print as notes)."""
-    refused, notes = differences(ckpt.get("hyper_parameters") or {}, model_hparams, "model", RESUMABLE_MODEL)
+    config (settings outside ``RESUMABLE_*``, or ``EVALUABLE_*`` when ``evaluating``); return the allowed ones
+    (to print as notes)."""
+    model_allowed, data_allowed = (EVALUABLE_MODEL, EVALUABLE_DATA) if evaluating else (RESUMABLE_MODEL,
+                                                                                       RESUMABLE_DATA)
+    refused, notes = differences(ckpt.get("hyper_parameters") or {}, model_hparams, "model", model_allowed)
     if data_hparams is not None and ckpt.get("datamodule_hyper_parameters") is not None:
         data_refused, data_notes = differences(ckpt["datamodule_hyper_parameters"], data_hparams, "data",
-                                               RESUMABLE_DATA)
+                                               data_allowed)
         refused, notes = refused + data_refused, notes + data_notes
     if refused:
         raise CheckpointError(f"--ckpt_path {path} does not fit this config ({'; '.join(refused)}): use the config "

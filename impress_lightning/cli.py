@@ -93,7 +93,8 @@ class ImpressLightningCLI(LightningCLI):
         # What the file replaced = where config and checkpoint differ (linked fields come from the data).
         linked = {"num_tasks", "num_classes", "input_shape"}
         for note in config_mismatch({"hyper_parameters": {k: v for k, v in after.items() if k not in linked}},
-                                    {k: v for k, v in before.items() if k not in linked}, None, ckpt_path):
+                                    {k: v for k, v in before.items() if k not in linked}, None, ckpt_path,
+                                    evaluating=subcommand != "fit"):
             rank_zero_info(f"[impress] the checkpoint's setting is used: {note}")
 
     def _check_checkpoint(self) -> None:
@@ -106,7 +107,8 @@ class ImpressLightningCLI(LightningCLI):
             return  # nothing to load (or "last" with nothing to resume: a first start, see _protect_run_directory)
         loaded = self._loaded
         ckpt = loaded[1] if loaded is not None and loaded[0] == path else load_checkpoint(path)[0]
-        for note in config_mismatch(ckpt, self.model.hparams, getattr(self.datamodule, "hparams", None), path):
+        for note in config_mismatch(ckpt, self.model.hparams, getattr(self.datamodule, "hparams", None), path,
+                                    evaluating=self.subcommand != "fit"):
             rank_zero_info(f"[impress] resuming with a changed setting: {note}")
 
     def _protect_run_directory(self) -> None:

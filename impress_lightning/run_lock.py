@@ -41,9 +41,10 @@ class RunLock:
         """Lock ``run_dir`` for this process (its parent folder is created if needed), or raise
         :class:`RunLockError` naming the live run that holds it."""
         run_dir = Path(run_dir)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise RunLockError(f"run directory {run_dir} is a file: remove it, or write elsewhere with "
-                               "--trainer.logger.init_args.save_dir <new dir>")
+        existing = next(folder for folder in (run_dir, *run_dir.parents) if folder.exists())
+        if not existing.is_dir():
+            raise RunLockError(f"{existing} is a file, not a folder, so run directory {run_dir} cannot be made: "
+                               "remove it, or write elsewhere with --trainer.logger.init_args.save_dir <new dir>")
         path = lock_path(run_dir)
         created = [d for d in path.parents if not d.exists()]
         path.parent.mkdir(parents=True, exist_ok=True)

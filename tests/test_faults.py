@@ -125,6 +125,8 @@ CASES: list[tuple[str, Setup, str]] = [
      "bad.yaml is not valid YAML at line 3, column 1"),
     ("bad-setting", on_run(lambda d, t: fit_args(d.root, "--model.num_impressions", "9")),
      "num_impressions=9 > num_tasks=3"),
+    ("save-dir-is-a-file", lambda d, t: (fit_args(write(t / "f", "x")), t),
+     "f is a file, not a folder, so run directory"),
     # data
     ("data-dir-is-a-file", on_run(lambda d, t: ["fit", "--config", MNIST_CONFIG, "--trainer.logger.init_args.save_dir",
                                                 str(d.root), "--data.init_args.data_dir", str(write(t / "f", "x"))]),
@@ -139,7 +141,8 @@ CASES: list[tuple[str, Setup, str]] = [
     ("bad-data-setting", on_run(lambda d, t: fit_args(d.root, "--data.init_args.batch_size", "0")),
      "error: batch_size=0 must be >= 1"),
     # resuming: the checkpoint is read and checked before anything is renamed or written
-    ("resume-other-backbone", on_run(lambda d, t: fit_args(d.root, "--model.backbone", "fc1024", "--ckpt_path", "last")),
+    ("resume-other-backbone", on_run(lambda d, t: fit_args(d.root, "--model.backbone", "fc1024",
+                                                           "--ckpt_path", "last")),
      "model.backbone: 'fc1024' in the config, 'lenet_300_100' in the checkpoint"),
     ("resume-other-num-tasks", on_run(lambda d, t: fit_args(d.root, "--data.init_args.num_tasks", "4",
                                                             "--ckpt_path", "last")),
@@ -185,7 +188,8 @@ CASES: list[tuple[str, Setup, str]] = [
     # export
     ("export-garbage", on_run(lambda d, t: ["export", "--ckpt_path", str(write(t / "g.ckpt", "x")), "--output",
                                             str(t / "b.pt")]), "g.ckpt cannot be read as a checkpoint"),
-    ("export-missing", on_run(lambda d, t: ["export", "--ckpt_path", str(t / "none.ckpt"), "--output", str(t / "b.pt")]),
+    ("export-missing", on_run(lambda d, t: ["export", "--ckpt_path", str(t / "none.ckpt"),
+                                            "--output", str(t / "b.pt")]),
      "none.ckpt does not exist"),
     ("export-over-a-result", on_run(lambda d, t: ["export", "--ckpt_path", str(d.last), "--output",
                                                   str(d.run / "retention.json")]), "already exists"),
@@ -300,7 +304,8 @@ def guard_step(guard, loss: float, coefficient: float = 0.5) -> None:
     from types import SimpleNamespace
 
     stage = SimpleNamespace(kind="combination", task=1, index=1)
-    module = SimpleNamespace(current_stage=stage, table=SimpleNamespace(coefficients=[torch.zeros(1), torch.tensor([coefficient])]))
+    coefficients = [torch.zeros(1), torch.tensor([coefficient])]  # task 0's, then the trained task 1's
+    module = SimpleNamespace(current_stage=stage, table=SimpleNamespace(coefficients=coefficients))
     trainer = SimpleNamespace(world_size=1, current_epoch=3, global_step=7)
     guard.on_train_batch_end(trainer, module, {"loss": torch.tensor(loss)}, None, 0)
 
