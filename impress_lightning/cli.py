@@ -105,7 +105,7 @@ class ImpressLightningCLI(LightningCLI):
             Path(ckpt_path) if _is_checkpoint_file(ckpt_path) else None
         if path is None:
             return  # nothing to load (or "last" with nothing to resume: a first start, see _protect_run_directory)
-        loaded = self._loaded
+        loaded, self._loaded = self._loaded, None  # not kept for the whole run: it holds every weight
         ckpt = loaded[1] if loaded is not None and loaded[0] == path else load_checkpoint(path)[0]
         for note in config_mismatch(ckpt, self.model.hparams, getattr(self.datamodule, "hparams", None), path,
                                     evaluating=self.subcommand != "fit"):
