@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from impress_lightning.atomic import atomic_write
 from impress_lightning.callbacks.baseline import best_single_impression
 from impress_lightning.callbacks.closing import closing_table, task_line
 from impress_lightning.callbacks.progress import say
@@ -167,7 +168,7 @@ class RetentionEvaluator(L.Callback):
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, summary: dict[str, Any]) -> None:
         out = run_directory(trainer, self.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "retention.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(out / "retention.json", json.dumps(summary, indent=2))
         report_retention(trainer, pl_module, summary, plots=self.plots)  # tables, figures, scalars to the loggers
         if not self.plots:
             return

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from impress_lightning.atomic import atomic_write
 from impress_lightning.callbacks.retention import rank_shard, run_directory
 from impress_lightning.stages import to_device
 from impress_lightning.inference import InferenceTally, TaskInference, score_inference
@@ -106,7 +107,7 @@ class TaskInferenceEvaluator(L.Callback):
         if trainer.is_global_zero:
             out = run_directory(trainer, None)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "task_inference.json").write_text(json.dumps(self.results, indent=2))
+            atomic_write(out / "task_inference.json", json.dumps(self.results, indent=2))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stage = pl_module.current_stage

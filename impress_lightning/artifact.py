@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 import impress_lightning
+from impress_lightning.atomic import atomic_write
 from impress_lightning.nn import CombinationRule, SupermaskNet, coefficients, pack_bits, packed_size
 from impress_lightning.tasks import TaskTable
 
@@ -235,14 +236,7 @@ class TaskBank:
         path = Path(path)
         if path.exists() and not overwrite:
             raise ArtifactError(f"output {path} already exists: choose another path or pass --overwrite")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_bytes(self.to_bytes())
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path.stat().st_size
+        return atomic_write(path, self.to_bytes()).stat().st_size
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskBank:

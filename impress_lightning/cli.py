@@ -7,23 +7,43 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from impress_lightning.callbacks import FreezeImpressions, LoggedSaveConfigCallback, RetentionEvaluator
-from impress_lightning.commands import TOOL_MODULES, TRAINER_COMMANDS, top_level_help
+from impress_lightning.checkpoint_file import config_mismatch, load_checkpoint
+from impress_lightning.commands import COMMANDS, TOOL_MODULES, TRAINER_COMMANDS, top_level_help
+from impress_lightning.config_files import check_config_files
 from impress_lightning.data import TaskSequenceDataModule
+from impress_lightning.errors import run_reporting_errors
 from impress_lightning.module import ImpressLearnModule
+from impress_lightning.run_lock import RunLock
+
+
+class RunDirectoryError(ValueError):
+    """A run would overwrite or misuse an earlier run's directory; the message is one line with the fix."""
+
+
+def _is_checkpoint_file(ckpt_path: object) -> bool:
+    """Whether ``--ckpt_path`` names a file (not "last"/"best"/"hpc"/"registry..." or nothing)."""
+    return bool(ckpt_path) and ckpt_path not in ("last", "best", "hpc") and not str(ckpt_path).startswith("registry")
 
 
 class ImpressLightningCLI(LightningCLI):
     """LightningCLI that links what the model needs from the data (never typed twice), always adds the
-    impression-freezing and retention callbacks, and sizes the trainer from the task schedule."""
+    impression-freezing and retention callbacks, and sizes the trainer from the task schedule.
+
+    Before a ``fit``, ``validate`` or ``test`` touches the run directory it reads the checkpoint it will load
+    and checks it fits the config; a ``fit`` then locks the directory for as long as it runs.
+    """
+
+    _run_lock: RunLock | None = None
+    _loaded: tuple[Path, dict] | None = None  # the --ckpt_path file read in _parse_ckpt_path
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -54,6 +74,43 @@ class ImpressLightningCLI(LightningCLI):
     def _size_trainer(self) -> None:
         self.trainer.fit_loop.max_epochs = self.model.schedule.total_epochs
 
+    def _run_directory(self) -> Path:
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the config's model settings by those saved in a ``--ckpt_path`` file. Read the file
+        first (one-line errors for a missing, unreadable or foreign file) and refuse when the config's settings
+        differ from the checkpoint's, instead of letting them be overridden unnoticed."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not _is_checkpoint_file(ckpt_path):
+            super()._parse_ckpt_path()
+            return
+        self._loaded = (Path(ckpt_path), load_checkpoint(ckpt_path)[0])
+        before = self.config[subcommand].model.clone().as_dict()
+        super()._parse_ckpt_path()
+        after = self.config[subcommand].model.as_dict()
+        # What the file replaced = where config and checkpoint differ (linked fields come from the data).
+        linked = {"num_tasks", "num_classes", "input_shape"}
+        for note in config_mismatch({"hyper_parameters": {k: v for k, v in after.items() if k not in linked}},
+                                    {k: v for k, v in before.items() if k not in linked}, None, ckpt_path,
+                                    evaluating=subcommand != "fit"):
+            rank_zero_info(f"[impress] the checkpoint's setting is used: {note}")
+
+    def _check_checkpoint(self) -> None:
+        """Check the checkpoint this command will load fits the instantiated model and data (the data settings
+        and the linked fields), before anything is written: a one-line error names every field that differs."""
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        path = self._last_checkpoint(self._run_directory()) if ckpt_path == "last" else \
+            Path(ckpt_path) if _is_checkpoint_file(ckpt_path) else None
+        if path is None:
+            return  # nothing to load (or "last" with nothing to resume: a first start, see _protect_run_directory)
+        loaded, self._loaded = self._loaded, None  # not kept for the whole run: it holds every weight
+        ckpt = loaded[1] if loaded is not None and loaded[0] == path else load_checkpoint(path)[0]
+        for note in config_mismatch(ckpt, self.model.hparams, getattr(self.datamodule, "hparams", None), path,
+                                    evaluating=self.subcommand != "fit"):
+            rank_zero_info(f"[impress] resuming with a changed setting: {note}")
+
     def _protect_run_directory(self) -> None:
         """Refuse to start a fresh run on top of an earlier run's results (resuming is fine)."""
         config = self.config[self.subcommand]
@@ -61,21 +118,27 @@ class ImpressLightningCLI(LightningCLI):
             logger = self.trainer.logger
             if type(logger).__name__ == "WandbLogger" and not config.trainer.logger.init_args.get("id"):
                 # A new W&B run id means a new checkpoint folder: "last" would silently start from scratch.
-                raise SystemExit("error: resuming with WandbLogger needs the interrupted run's id: add "
-                                 "--trainer.logger.init_args.id <run id> (see docs/wandb.md)")
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+                raise RunDirectoryError("resuming with WandbLogger needs the interrupted run's id: add "
+                                        "--trainer.logger.init_args.id <run id> (see docs/wandb.md)")
+        run_dir = self._run_directory()
         earlier = [p.name for p in (run_dir / "checkpoints", run_dir / "retention.json") if p.exists()]
-        if config.get("ckpt_path") == "last" and earlier and not self._has_last_checkpoint(run_dir):
+        if config.get("ckpt_path") == "last" and earlier and self._last_checkpoint(run_dir) is None:
             # Lightning would only warn and train from scratch over the earlier run's files.
-            raise SystemExit(f"error: --ckpt_path last but {run_dir} holds no last*.ckpt: resume from a file with "
-                             "--ckpt_path <file> (e.g. checkpoints/taskNN-*.ckpt), or start elsewhere with "
-                             "--trainer.logger.init_args.save_dir <new dir>")
-        if config.get("ckpt_path"):
-            self._keep_metrics_history(run_dir)
+            raise RunDirectoryError(f"--ckpt_path last but {run_dir} holds no last*.ckpt: resume from a file with "
+                                    "--ckpt_path <file> (e.g. checkpoints/taskNN-*.ckpt), or start elsewhere with "
+                                    "--trainer.logger.init_args.save_dir <new dir>")
+        if earlier and not config.get("ckpt_path"):
+            raise RunDirectoryError(f"run directory {run_dir} already holds {', '.join(earlier)}: resume with "
+                                    "--ckpt_path last, or start elsewhere with --trainer.logger.init_args.save_dir "
+                                    "<new dir>")
+
+    def _lock_run_directory(self) -> None:
+        """Hold the run directory for this fit (rank zero; the other processes write nothing of their own)."""
+        if not self.trainer.is_global_zero:
             return
-        if earlier:
-            raise SystemExit(f"error: run directory {run_dir} already holds {', '.join(earlier)}: resume with "
-                             "--ckpt_path last, or start elsewhere with --trainer.logger.init_args.save_dir <new dir>")
+        self._run_lock = RunLock.acquire(self._run_directory())
+        if self._run_lock.took_over:
+            rank_zero_info(f"[impress] took over the stale lock of a run that is gone ({self._run_lock.took_over})")
 
     def _keep_metrics_history(self, run_dir: Path) -> None:
         """On resume, CSVLogger would delete the run's metrics.csv: keep it as metrics.before-resume-N.csv."""
@@ -87,15 +150,34 @@ class ImpressLightningCLI(LightningCLI):
             n += 1
         metrics.rename(run_dir / f"metrics.before-resume-{n}.csv")
 
-    def _has_last_checkpoint(self, run_dir: Path) -> bool:
-        """Whether a ModelCheckpoint folder holds a readable ``last*.ckpt`` (what ``--ckpt_path last`` loads)."""
+    def _last_checkpoint(self, run_dir: Path) -> Path | None:
+        """The newest ``last*.ckpt`` of the ModelCheckpoint folders: what ``--ckpt_path last`` loads."""
         folders = {Path(cb.dirpath) if cb.dirpath else run_dir / "checkpoints"
                    for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)}
-        return any(path.exists() for folder in folders for path in folder.glob("last*.ckpt"))
+        found = [path for folder in folders for path in folder.glob("last*.ckpt") if path.exists()]
+        return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
     def before_fit(self) -> None:
+        # Everything that can refuse the run comes before the first write (lock, metrics rename, config.yaml).
+        self._check_checkpoint()
+        self._lock_run_directory()  # first: a directory another live run holds is refused as such
         self._protect_run_directory()
+        if self.config[self.subcommand].get("ckpt_path"):
+            self._keep_metrics_history(self._run_directory())
         self._size_trainer()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint()
+
+    def before_test(self) -> None:
+        self._check_checkpoint()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # however the run ends, the directory is free again
+            if self._run_lock is not None:
+                self._run_lock.release()
 
 
 def main(args: list[str] | None = None) -> ImpressLightningCLI | None:
@@ -110,6 +192,7 @@ def main(args: list[str] | None = None) -> ImpressLightningCLI | None:
     if argv[0] in TOOL_MODULES:
         importlib.import_module(TOOL_MODULES[argv[0]]).main(argv[1:])
         return None
+    check_config_files(argv)  # a missing or malformed --config file, named, before jsonargparse reads it
     return ImpressLightningCLI(
         ImpressLearnModule,
         TaskSequenceDataModule,
@@ -120,24 +203,24 @@ def main(args: list[str] | None = None) -> ImpressLightningCLI | None:
         # keeps a fresh run from overwriting an earlier one.
         save_config_kwargs={"overwrite": True},
         save_config_callback=LoggedSaveConfigCallback,  # also sends the resolved config to the loggers
+        parser_kwargs={"exit_on_error": False},  # errors raise, so entry() prints one line, not the usage block
     )
 
 
-def entry() -> None:
+def entry(args: list[str] | None = None) -> None:
     """The ``impress-lightning`` console script (exit status 0 on success).
 
-    Bad input (a ValueError or a missing file, raised with a message that names the field and the fix)
-    ends with that one line and exit status 2; set IMPRESS_TRACEBACK=1 to see the traceback as well.
+    A user mistake (bad settings, a checkpoint that is unreadable or does not fit, missing data, no network, a
+    run directory in use, a run that diverged) ends with one ``error:`` line that names the field and the fix,
+    and exit status 2; set IMPRESS_TRACEBACK=1 to see the traceback as well. Other errors are bugs: traceback.
     """
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, once per batch transfer: noise only.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("IMPRESS_TRACEBACK"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    argv = list(sys.argv[1:] if args is None else args)
+    prog = "impress-lightning" + (f" {argv[0]}" if argv and argv[0] in COMMANDS else "")
+    status = run_reporting_errors(lambda: main(args), prog)  # None: LightningCLI reads sys.argv
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -183,7 +183,8 @@ class ImpressLearnModule(L.LightningModule):
     # ----- set-up ----------------------------------------------------------------------------------------
     def configure_callbacks(self) -> list[L.Callback]:
         """The callbacks the algorithm cannot run without, in the order they must run: ``FreezeImpressions``
-        then ``RetentionEvaluator`` (the trainer's own instances where it has them, with their settings)."""
+        then ``RetentionEvaluator`` (the trainer's own instances where it has them, with their settings), and a
+        ``NonFiniteGuard``; see :func:`~impress_lightning.callbacks.ordering.stream_callbacks`."""
         from impress_lightning.callbacks.ordering import stream_callbacks
 
         return stream_callbacks(self.trainer.callbacks if self._trainer is not None else [])

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from impress_lightning.atomic import atomic_output
 from impress_lightning.metrics import AccuracyMatrix, summarise, validate_matrix
 
 TASK_KINDS = ("impression", "combination", "pending")  # pending: an adaptive-bank task not started yet
@@ -36,11 +37,10 @@ def _new_figure(figsize: tuple[float, float], dpi: int) -> Figure:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix, PNG by default) at the figure's own size and dpi."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # No bbox_inches="tight": the saved image keeps exactly figsize * dpi pixels.
-    fig.savefig(path, dpi=fig.dpi)
-    return path
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=fig.dpi)
+    return Path(path)
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:

@@ -97,6 +97,11 @@ def check_kill_resume_and_refusal(tmp_path: Path, full: subprocess.Popen, killed
     # Paused inside task 2: tasks 0 and 1 have their checkpoints, last.ckpt holds task 2's first epoch.
     assert [name.split("-acc")[0] for name in task_files(run)] == ["task00-impression", "task01-impression"]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == PAUSE_EPOCH - 1
+    before = files(run)
+    second = run_cli(stream_args(tmp_path / "b", "--ckpt_path", "last"))  # B is alive: its directory is taken
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"run directory {run} is in use by another live run (pid {killed.pid} " in second.stderr.splitlines()[-1]
+    assert files(run) == before
     os.kill(killed.pid, signal.SIGKILL)
     assert killed.wait(timeout=60) == -signal.SIGKILL
     assert len(json.loads((run / "retention.json").read_text())["accuracy_matrix"]) == 2
@@ -107,6 +112,8 @@ def check_kill_resume_and_refusal(tmp_path: Path, full: subprocess.Popen, killed
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert last_line.startswith(f"error: run directory {run} already holds") and "--ckpt_path last" in last_line
     assert files(run) == before
+    # The killed B left its lock file, without a live holder: the next run took it over.
+    assert f"took over the stale lock of a run that is gone ({{'pid': {killed.pid}," in refused.stdout + refused.stderr
 
     resumed = run_cli(stream_args(tmp_path / "b", "--ckpt_path", "last"))
     output = resumed.stdout + resumed.stderr
@@ -133,10 +140,10 @@ def test_resume_from_last_without_a_last_checkpoint_is_refused(tmp_path: Path) -
     (run / "checkpoints" / "task00-impression-acc0.5000.ckpt").write_bytes(b"kept")
     (run / "retention.json").write_text("{}")
     before = files(run)
-    with pytest.raises(SystemExit) as exit_info:  # Lightning alone would warn and train from scratch over it
+    with pytest.raises(ValueError) as error:  # Lightning alone would warn and train from scratch over it
         main(stream_args(tmp_path, "--ckpt_path", "last"))
-    message = str(exit_info.value.code)
-    assert message.startswith("error: --ckpt_path last but") and "holds no last*.ckpt" in message
+    message = str(error.value)
+    assert message.startswith("--ckpt_path last but") and "holds no last*.ckpt" in message
     assert files(run) == before
 
 

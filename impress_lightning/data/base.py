@@ -47,6 +47,13 @@ class DatasetInfo:
     in_memory: bool = True
 
 
+def require_folder(data_dir: Path) -> None:
+    """A one-line error when ``data_dir`` is a file (it would otherwise be reported as missing data)."""
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise NotADirectoryError(f"data_dir={data_dir} is a file, not a folder: pass the folder that holds the "
+                                 "datasets (--data.init_args.data_dir <folder>)")
+
+
 @dataclass(frozen=True)
 class Provider:
     """A base dataset: its metadata plus how to fetch it (``prepare``, run once per machine, may write files)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from impress_lightning.data.base import DatasetInfo, Provider, TensorSplits
+from impress_lightning.data.base import DatasetInfo, Provider, TensorSplits, require_folder
 from impress_lightning.data.tensors import CropFlip
 
 _MEAN, _STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
@@ -66,11 +66,12 @@ def _missing_message(layout: _Layout, data_dir: Path) -> str:
 
 def _prepare(layout: _Layout, data_dir: Path, download: bool) -> None:
     """Download and extract the archive when ``download`` is set and the folder is absent."""
+    require_folder(data_dir)
     if download and not (Path(data_dir) / layout.folder).is_dir():
         try:
             layout.torchvision_cls(str(data_dir), train=True, download=True)
         except (RuntimeError, OSError) as err:
-            raise RuntimeError(f"{layout.pretty} download into {data_dir} failed ({err}): "
+            raise ConnectionError(f"{layout.pretty} download into {data_dir} failed ({err}): "
                                f"{_missing_message(layout, data_dir)}") from None
 
 

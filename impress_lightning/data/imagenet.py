@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from impress_lightning.data.base import DatasetInfo, Provider
+from impress_lightning.data.base import DatasetInfo, Provider, require_folder
 from impress_lightning.data.families import ClassSplit
 from impress_lightning.data.seeding import AUGMENT, HOLDOUT, derive_seed, generator
 
@@ -134,6 +134,7 @@ class FolderSource:
 
 def _prepare(data_dir: Path, download: bool) -> None:
     """ImageNet cannot be fetched automatically; only check that the folders are there."""
+    require_folder(data_dir)
     if download:
         raise ValueError("download=true is not possible for imagenet_folder: place the ImageFolder trees under "
                          f"{Path(data_dir) / 'train'} and {Path(data_dir) / 'val'} and set download=false")

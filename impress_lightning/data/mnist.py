@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
-from impress_lightning.data.base import DatasetInfo, Provider, TensorSplits
+from impress_lightning.data.base import DatasetInfo, Provider, TensorSplits, require_folder
 
 MNIST = DatasetInfo("mnist", num_classes=10, input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,))
 # Fashion-MNIST's constants: mean and std of its 60 000 training images scaled to [0, 1].
@@ -41,6 +41,7 @@ def _extract_present_archives(raw: Path) -> None:
 
 def _prepare(cls: type[datasets.MNIST], data_dir: Path, download: bool) -> None:
     """Extract raw .gz files already present; with ``download`` fetch what is still missing (network)."""
+    require_folder(data_dir)
     raw = _raw_folder(cls, data_dir)
     if raw.is_dir():
         _extract_present_archives(raw)
@@ -50,7 +51,7 @@ def _prepare(cls: type[datasets.MNIST], data_dir: Path, download: bool) -> None:
                 cls(str(data_dir), train=train, download=True)
         except (RuntimeError, OSError) as err:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RuntimeError(f"{_PRETTY[cls]} download into {raw} failed ({first_line}): copy the raw .gz "
+            raise ConnectionError(f"{_PRETTY[cls]} download into {raw} failed ({first_line}): copy the raw .gz "
                                "files there instead") from None
 
 

@@ -18,6 +18,7 @@ from jsonargparse import ArgumentParser
 
 from impress_lightning.artifact import ArtifactError, TaskBank
 from impress_lightning.bank_model import TaskBankModel
+from impress_lightning.checkpoint_file import CheckpointError, load_checkpoint
 from impress_lightning.commands import COMMANDS
 from impress_lightning.module import ImpressLearnModule
 
@@ -33,18 +34,7 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict[str, An
 
     Read with ``weights_only=True`` unless ``trust`` (for checkpoints that pickle custom objects).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"--ckpt_path {path} does not exist")
-    content = path.read_bytes()
-    try:
-        ckpt = torch.load(io.BytesIO(content), map_location="cpu", weights_only=not trust)
-    except Exception as err:  # noqa: BLE001 - one answer for any unreadable file
-        hint = "; if you trust it, pass --trust_checkpoint" if not trust else ""
-        raise ArtifactError(f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}){hint}") from None
-    if not isinstance(ckpt, dict) or "table.num_learned" not in ckpt.get("state_dict", {}) \
-            or "backbone" not in ckpt.get("hyper_parameters", {}):
-        raise ArtifactError(f"--ckpt_path {path} is not an impress-lightning checkpoint (no ImpressLearnModule state of this version)")
+    ckpt, content = load_checkpoint(path, trust, trust_flag="--trust_checkpoint")
     try:
         module = ImpressLearnModule.load_from_checkpoint(io.BytesIO(content), map_location="cpu",
                                                          weights_only=not trust)
@@ -174,7 +164,7 @@ def build_parser() -> ArgumentParser:
     """Arguments of ``impress-lightning export``."""
     parser = ArgumentParser(
         prog="impress-lightning export", description=COMMANDS["export"] + " The frozen weights are regenerated "
-        "from the backbone seed, never stored.")
+        "from the backbone seed, never stored.", exit_on_error=False)  # errors raise: one line, no usage block
     parser.add_argument("--ckpt_path", required=True, type=Path, help="Lightning checkpoint of ImpressLearnModule")
     parser.add_argument("--output", required=True, type=Path, help="task bank file to write (e.g. bank.pt)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
@@ -209,11 +199,13 @@ def main(argv: Sequence[str] | None = None) -> TaskBank:
         if not args.no_verify:
             verify(bank, module)
         written = bank.save(args.output, overwrite=args.overwrite)
-    except (ArtifactError, json.JSONDecodeError) as err:
+    except (ArtifactError, CheckpointError, json.JSONDecodeError) as err:
         raise SystemExit(f"error: {err}") from None
     print(size_report(bank, args.output, written, args.ckpt_path))
     return bank
 
 
 if __name__ == "__main__":
-    main()
+    from impress_lightning.errors import run_reporting_errors
+
+    raise SystemExit(run_reporting_errors(main, "impress-lightning export"))

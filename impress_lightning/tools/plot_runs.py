@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 from jsonargparse import ArgumentParser
 
+from impress_lightning.atomic import atomic_output
+
 
 def run_point(run: Path) -> dict[str, Any]:
     """The numbers of one finished run: name, mean accuracy, bytes, impressions, tasks."""
@@ -53,10 +55,8 @@ def plot(points: Sequence[dict[str, Any]], output: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(output)
+    with atomic_output(output) as tmp:
+        fig.savefig(tmp)
     return output
 
 

@@ -11,6 +11,7 @@ Inputs: a folder of images (png, jpg, ... read with PIL, converted to the bank's
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from rich.progress import Progress
 from torch import Tensor
 
 from impress_lightning.artifact import ArtifactError, TaskBank
+from impress_lightning.atomic import atomic_write
 from impress_lightning.bank_model import TaskBankModel
 from impress_lightning.commands import COMMANDS
 from impress_lightning.data import NormalizeCollate
@@ -77,6 +79,29 @@ def read_tensor_file(path: Path, input_shape: Sequence[int]) -> Tensor:
     return x.to(torch.float32)
 
 
+def check_inputs(x: Tensor, path: Path, normalization: dict[str, list[float]] | None) -> None:
+    """Refuse an empty tensor, NaN or infinite values, and (when the normalisation is known) values far outside
+    what normalised images can take, such as raw 0-255 pixels: each would give labels that mean nothing."""
+    if len(x) == 0:
+        raise ArtifactError(f"--input {path} holds no inputs (an empty tensor): pass at least one example")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.flatten(1).any(dim=1).nonzero()[0])
+        raise ArtifactError(f"--input {path} holds {int(bad.sum())} NaN or infinite value(s) (first in input "
+                            f"{first}): pass finite inputs")
+    if normalization is None:
+        return
+    mean, std = (torch.tensor(normalization[k], dtype=torch.float32).reshape(-1, 1, 1) for k in ("mean", "std"))
+    low, high = -mean / std, (1 - mean) / std  # what pixels in [0, 1] become
+    # Generous bounds: two ranges' widths beyond either end still pass (noise, augmentation, other pipelines).
+    margin = 2 * (high - low)
+    if ((x < low - margin) | (x > high + margin)).any():
+        raise ArtifactError(f"--input {path} holds values in [{float(x.min()):.4g}, {float(x.max()):.4g}], far "
+                            f"outside the [{float(low.min()):.4g}, {float(high.max()):.4g}] that normalised images "
+                            f"take for this bank: normalise as in training ((pixels / 255 - mean) / std with mean "
+                            f"{normalization['mean']}, std {normalization['std']}), or pass a folder of images")
+
+
 def input_batches(source: Path, bank: TaskBank, batch_size: int,
                   normalization: dict[str, list[float]] | None) -> tuple[int, Iterator[tuple[list[str], Tensor]]]:
     """Number of inputs and an iterator over ``(names, normalised batch)`` for a folder or a tensor file."""
@@ -94,6 +119,7 @@ def input_batches(source: Path, bank: TaskBank, batch_size: int,
         return len(files), folder()
     if source.is_file():
         x = read_tensor_file(source, bank.input_shape)
+        check_inputs(x, source, normalization)
         names = [f"{source.name}[{i}]" for i in range(len(x))]
         return len(x), ((names[i:i + batch_size], x[i:i + batch_size]) for i in range(0, len(x), batch_size))
     raise ArtifactError(f"--input {source} does not exist (give a folder of images or a .pt tensor file)")
@@ -137,19 +163,20 @@ def write_rows(rows: list[dict[str, Any]], output: Path | None, overwrite: bool)
         return
     if output.exists() and not overwrite:
         raise ArtifactError(f"--output {output} already exists: choose another path or pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".json":
-        output.write_text(json.dumps(rows, indent=1))
-    else:
-        with output.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["input", "task", "label", "output"])
-            writer.writeheader()
-            writer.writerows(rows)
+        atomic_write(output, json.dumps(rows, indent=1))
+        return
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["input", "task", "label", "output"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(output, text.getvalue())
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``impress-lightning predict``."""
-    parser = ArgumentParser(prog="impress-lightning predict", description=COMMANDS["predict"])
+    parser = ArgumentParser(prog="impress-lightning predict", description=COMMANDS["predict"],
+                            exit_on_error=False)  # errors raise: one line, no usage block
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--bank", type=Path, help="task bank written by `impress-lightning export`")
     src.add_argument("--ckpt_path", type=Path, help="training checkpoint (exported in memory)")
@@ -212,4 +239,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    from impress_lightning.errors import run_reporting_errors
+
+    raise SystemExit(run_reporting_errors(main, "impress-lightning predict"))

@@ -1,0 +1,83 @@
+"""NonFiniteGuard: the first non-finite training loss or learned value stops the run, before anything of the
+task is frozen, evaluated or checkpointed; a finite loss that explodes is warned about."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+# The optimiser whose learning rate the message points at, per stage kind.
+_OPTIMIZER_OF = {"impression": "model.mask_optimizer", "combination": "model.alpha_optimizer"}
+
+
+class NonFiniteError(ArithmeticError):
+    """A training loss, mask score or coefficient became NaN or infinite; the message is one line."""
+
+
+class NonFiniteGuard(L.Callback):
+    """After every training step, checks the loss and the values the stage learns (the impression's mask
+    scores, or the combination task's coefficients) and raises :class:`NonFiniteError` at the first NaN or
+    infinity. Raising inside the step means the epoch never ends: the task is not frozen, gets no
+    retention row and no checkpoint, and ``last.ckpt`` stays the last good epoch.
+
+    ``ImpressLearnModule`` adds one when the trainer has none. Under DDP the verdict is summed over the
+    processes, so every rank stops at the same step.
+
+    Args:
+        divergence_factor: warn (once per stage) when a finite loss exceeds this multiple of the stage's first
+            loss, e.g. after a far too high learning rate; None never warns.
+    """
+
+    def __init__(self, divergence_factor: float | None = 1e6) -> None:
+        if divergence_factor is not None and not divergence_factor > 1:
+            raise ValueError(f"NonFiniteGuard divergence_factor={divergence_factor} must be > 1 (or null)")
+        self.divergence_factor = divergence_factor
+        self._start_loss: dict[int, float] = {}  # stage index -> first loss this process saw in the stage
+        self._warned: set[int] = set()
+
+    @staticmethod
+    def learned_values(pl_module: L.LightningModule, stage: Any) -> list[torch.Tensor]:
+        """What ``stage`` is changing: every layer's scores (impression) or the task's coefficients."""
+        if stage.kind == "impression":
+            return [layer.scores for layer in pl_module.net.layers]
+        return [pl_module.table.coefficients[stage.task]]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not torch.is_tensor(loss):
+            return
+        stage = pl_module.current_stage
+        with torch.no_grad():
+            finite = [torch.isfinite(loss.detach()).all()] + [torch.isfinite(v).all()
+                                                              for v in self.learned_values(pl_module, stage)]
+            # one host sync per step: [loss, bad count]
+            verdict = torch.stack([loss.detach().float().reshape(-1)[0],
+                                   (~torch.stack(finite)).sum().float()])
+            if trainer.world_size > 1:
+                verdict[1:] = trainer.strategy.reduce(verdict[1:], reduce_op="sum")
+        value, bad = verdict.tolist()
+        where = (f"task {stage.task}, stage {stage.index} ({stage.kind}), epoch {trainer.current_epoch}, "
+                 f"batch {batch_idx}, step {trainer.global_step}")
+        if bad:
+            what = f"training loss {value}" if not math.isfinite(value) else (
+                "mask scores" if stage.kind == "impression" else "coefficients")
+            raise NonFiniteError(
+                f"non-finite {what} at {where}; nothing of task {stage.task} was recorded as learned: lower the "
+                f"learning rate ({_OPTIMIZER_OF[stage.kind]}) and resume from the last finished task's checkpoint "
+                f"(checkpoints/taskNN-*.ckpt) or with --ckpt_path last")
+        self._warn_if_diverging(stage, value, where)
+
+    def _warn_if_diverging(self, stage: Any, value: float, where: str) -> None:
+        start = self._start_loss.setdefault(stage.index, value)
+        if self.divergence_factor is None or stage.index in self._warned:
+            return
+        ratio = value / max(abs(start), 1e-12)
+        if ratio > self.divergence_factor:
+            self._warned.add(stage.index)
+            rank_zero_warn(f"[impress] the training loss at {where} is {value:.3g}, {ratio:.3g}x its start "
+                           f"({start:.3g}): the learning rate ({_OPTIMIZER_OF[stage.kind]}) is probably too high")
