@@ -11,7 +11,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 # The optimiser whose learning rate the message points at, per stage kind.
-_OPTIMIZER_OF = {"impression": "model.mask_optimizer", "combination": "model.alpha_optimizer"}
+_OPTIMIZER_OF = {"impression": "model.mask_optimizer", "head": "model.mask_optimizer",
+                 "combination": "model.alpha_optimizer"}
 
 
 class NonFiniteError(ArithmeticError):
@@ -41,9 +42,12 @@ class NonFiniteGuard(L.Callback):
 
     @staticmethod
     def learned_values(pl_module: L.LightningModule, stage: Any) -> list[torch.Tensor]:
-        """What ``stage`` is changing: every layer's scores (impression) or the task's coefficients."""
+        """What ``stage`` is changing: every layer's scores (impression), the last layer's (a hybrid-head
+        stage) or the task's coefficients."""
         if stage.kind == "impression":
             return [layer.scores for layer in pl_module.net.layers]
+        if stage.kind == "head":
+            return [pl_module.net.layers[-1].scores]
         return [pl_module.table.coefficients[stage.task]]
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -65,7 +69,7 @@ class NonFiniteGuard(L.Callback):
                  f"batch {batch_idx}, step {trainer.global_step}")
         if bad:
             what = f"training loss {value}" if not math.isfinite(value) else (
-                "mask scores" if stage.kind == "impression" else "coefficients")
+                "mask scores" if stage.kind in ("impression", "head") else "coefficients")
             raise NonFiniteError(
                 f"non-finite {what} at {where}; nothing of task {stage.task} was recorded as learned: lower the "
                 f"learning rate ({_OPTIMIZER_OF[stage.kind]}) and resume from the last finished task's checkpoint "

@@ -119,3 +119,12 @@ def test_a_hybrid_head_needs_a_validation_split(tmp_path):
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="set data.val_fraction > 0"):
         trainer.fit(module, datamodule=dm)
+
+
+def test_the_non_finite_guard_watches_the_head_scores_during_a_head_stage():
+    from impress_lightning.callbacks.numerics import NonFiniteGuard
+
+    module = ImpressLearnModule(num_tasks=2, num_impressions=1, hybrid_head=HybridHead())
+    head_stage = module.schedule.stages[-1]
+    assert head_stage.kind == "head"
+    assert NonFiniteGuard.learned_values(module, head_stage) == [module.net.layers[-1].scores]
