@@ -66,6 +66,14 @@ def per_task(boundaries: list[list[float]]) -> list[dict]:
             for a, b in zip(boundaries, boundaries[1:])]
 
 
+def attach_retention(rows: list[dict], retention: dict) -> None:
+    """Add each task's kind and training seconds (from the run's retention.json) to its row; the rest of
+    the wall seconds (``other_seconds``) is the retention evaluation, checkpointing and the loader rebuild."""
+    for row in rows:
+        task = retention["tasks"][row["task"]]
+        row.update(kind=task["kind"], train_seconds=task["seconds"], other_seconds=row["seconds"] - task["seconds"])
+
+
 def flatness(rows: list[dict], key: str) -> dict:
     """Median of ``key`` over the first and the last quarter of the combination tasks, and their ratio."""
     # The last task evaluates every task once (the full final row): not a per-task cost.
@@ -85,8 +93,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     tasks = [r["task"] for r in rows]
     fig, (ax_time, ax_mem) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    ax_time.plot(tasks, [r["seconds"] for r in rows], ".", markersize=3)
-    ax_time.set_ylabel("wall seconds per task")
+    for key, label in (("seconds", "wall (all)"), ("train_seconds", "training"),
+                       ("other_seconds", "evaluation, checkpoint, loaders")):
+        ax_time.plot(tasks, [r[key] for r in rows], ".", markersize=3, label=label)
+    ax_time.legend(fontsize=8, markerscale=3)
+    ax_time.set_ylabel("seconds per task")
     ax_time.set_yscale("log")
     ax_time.set_title(title, fontsize=9)
     ax_mem.plot(tasks, [r["resident_mib"] for r in rows], "-")
@@ -118,11 +129,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="write per-task rows and the summary here")
     parser.add_argument("--plot", type=Path, default=None, help="write the seconds/memory-per-task PNG here")
     parser.add_argument("--from-json", type=Path, default=None, help="skip the fit: summarise/plot this JSON")
+    parser.add_argument("--retention", type=Path, default=None,
+                        help="with --from-json: the run's retention.json, for JSON written without training seconds")
+    parser.add_argument("--bin", type=int, default=25, help="tasks per row of the printed table")
     parser.add_argument("fit_args", nargs="*", help="after --: more arguments for `impress-lightning fit`")
     args = parser.parse_args(argv)
 
     if args.from_json is not None:
         result = json.loads(args.from_json.read_text())
+        if args.retention is not None:
+            attach_retention(result["rows"], json.loads(args.retention.read_text()))
     else:
         if args.run_dir is None:
             parser.error("--run-dir is required (a fresh directory) unless --from-json is given")
@@ -132,18 +148,26 @@ def main(argv: list[str] | None = None) -> dict:
         clock_path = args.run_dir / "task_clock.json"
         total = run_fit(args.config, args.run_dir, clock_path, args.fit_args)
         rows = per_task(json.loads(clock_path.read_text())["boundaries"])
-        retention = json.loads(next(args.run_dir.rglob("retention.json")).read_text())
-        for row in rows:
-            row["kind"] = retention["tasks"][row["task"]]["kind"]
+        attach_retention(rows, json.loads(next(args.run_dir.rglob("retention.json")).read_text()))
         result = {"config": args.config, "fit_args": args.fit_args, "threads": args.threads,
                   "fit_seconds": total, "peak_resident_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": flatness(rows, "seconds"), "resident_mib": flatness(rows, "resident_mib"), "rows": rows}
+                  "rows": rows}
     rows = result["rows"]
-    print(f"{len(rows)} tasks in {result['fit_seconds']:.0f} s; seconds per task: first quarter median "
-          f"{result['seconds']['first_quarter_median']:.2f}, last quarter {result['seconds']['last_quarter_median']:.2f}"
-          f" ({result['seconds']['last_over_first']:.2f}x); resident MiB {result['resident_mib']['first_quarter_median']:.0f}"
-          f" -> {result['resident_mib']['last_quarter_median']:.0f}; last task (evaluates all) {rows[-1]['seconds']:.1f} s")
-    if args.json is not None and args.from_json is None:
+    for key in ("seconds", "train_seconds", "other_seconds", "resident_mib"):
+        result[key] = flatness(rows, key)
+        print(f"{key:<14} median over the first / last quarter of the combination tasks: "
+              f"{result[key]['first_quarter_median']:8.2f} / {result[key]['last_quarter_median']:8.2f} "
+              f"({result[key]['last_over_first']:.2f}x)")
+    print(f"{'tasks':<9} {'wall s':>7} {'train s':>8} {'other s':>8} {'other/train':>12} {'resident MiB':>13}  (medians)")
+    for start in range(0, len(rows) - 1, args.bin):
+        part = rows[start: min(start + args.bin, len(rows) - 1)]
+        med = {key: statistics.median(r[key] for r in part) for key in ("seconds", "train_seconds", "other_seconds")}
+        print(f"{part[0]['task']:>3}-{part[-1]['task']:<5} {med['seconds']:>7.2f} {med['train_seconds']:>8.2f} "
+              f"{med['other_seconds']:>8.2f} {statistics.median(r['other_seconds'] / r['train_seconds'] for r in part):>12.2f}"
+              f" {part[-1]['resident_mib']:>13.0f}")
+    print(f"{len(rows)} tasks in {result['fit_seconds']:.0f} s; the last task (evaluates all) {rows[-1]['seconds']:.1f} s; "
+          f"peak resident {result['peak_resident_mib']:.0f} MiB")
+    if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
     if args.plot is not None:
