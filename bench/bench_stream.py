@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/rotated_mnist_lenet_250.yaml", help="fit config")
     parser.add_argument("--run-dir", type=Path, default=None, help="fresh directory for the run's outputs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (sets the fit's trainer.accelerator)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--json", type=Path, default=None, help="write per-task rows and the summary here")
     parser.add_argument("--plot", type=Path, default=None, help="write the seconds/memory-per-task PNG here")
@@ -146,10 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(args.threads)
         clock_path = args.run_dir / "task_clock.json"
-        total = run_fit(args.config, args.run_dir, clock_path, args.fit_args)
+        accelerator = ["--trainer.accelerator", "gpu" if args.device.startswith("cuda") else args.device]
+        total = run_fit(args.config, args.run_dir, clock_path, [*accelerator, *args.fit_args])
         rows = per_task(json.loads(clock_path.read_text())["boundaries"])
         attach_retention(rows, json.loads(next(args.run_dir.rglob("retention.json")).read_text()))
-        result = {"config": args.config, "fit_args": args.fit_args, "threads": args.threads,
+        result = {"config": args.config, "fit_args": args.fit_args, "threads": args.threads, "device": args.device,
                   "fit_seconds": total, "peak_resident_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "rows": rows}
     rows = result["rows"]

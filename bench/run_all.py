@@ -41,11 +41,9 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
         runs["stream"] = ["bench_stream.py", "--run-dir", str(out / "stream_run"), "--threads", str(args.threads),
                           "--json", str(out / "stream.json"), "--plot", str(out / "stream.png"),
                           "--", "--data.init_args.data_dir", str(args.data_dir)]
-    for name, cmd in runs.items():
-        if name != "stream" and accepts_device(cmd[0]):
-            cmd += ["--device", args.device]
-        if name == "stream":
-            cmd += ["--trainer.accelerator", "gpu" if args.device.startswith("cuda") else "cpu"]
+    for cmd in runs.values():
+        if accepts_device(cmd[0]):
+            cmd[1:1] = ["--device", args.device]  # before any "--" that passes the rest on to fit
     return runs
 
 
