@@ -19,7 +19,7 @@ from impress_lightning.callbacks.closing import closing_table, task_line
 from impress_lightning.callbacks.progress import say
 from impress_lightning.callbacks.reporting import report_retention
 from impress_lightning.callbacks.requirements import check_stream_datamodule
-from impress_lightning.metrics import forward_transfer, summarise
+from impress_lightning.metrics import forward_transfer, latest_measured, summarise
 from impress_lightning.stages import to_device
 
 
@@ -78,11 +78,18 @@ class RetentionEvaluator(L.Callback):
         baseline: evaluate every impression stored before a task alone on that task (one evaluation per
             stored impression and task): the best single impression's accuracy, the reference a combination
             task has to beat, and forward transfer.
+        old_tasks: how many earlier tasks to re-evaluate after each task, those measured longest ago first;
+            None re-evaluates all of them (T evaluations after task T: quadratic in a long stream). With a
+            number, the cost per task stays flat; the cells skipped are None in the matrix, the metrics read
+            each task's latest measurement, and the stream's last task always evaluates every task.
     """
 
     def __init__(self, split: Literal["test", "val"] = "test", output_dir: str | None = None, plots: bool = True,
-                 baseline: bool = True) -> None:
+                 baseline: bool = True, old_tasks: int | None = None) -> None:
+        if old_tasks is not None and old_tasks < 0:
+            raise ValueError(f"RetentionEvaluator.old_tasks={old_tasks} must be >= 0 or null (re-evaluate all)")
         self.split, self.output_dir, self.plots, self.baseline = split, output_dir, plots, baseline
+        self.old_tasks = old_tasks
         self.matrix: list[list[float | None]] = []
         self.task_seconds: list[float] = []
         self.best_impression: list[dict[str, float | int] | None] = []
@@ -122,12 +129,14 @@ class RetentionEvaluator(L.Callback):
         self._task_started = None
         was_training = pl_module.training
         pl_module.eval()
-        row: list[float | None] = [evaluate_task(trainer, pl_module, j, self.split) for j in range(stage.task + 1)]
+        tasks = self.tasks_to_evaluate(stage.task, pl_module.num_tasks)
+        row: list[float | None] = [None] * pl_module.num_tasks
+        for j in tasks:
+            row[j] = evaluate_task(trainer, pl_module, j, self.split)
         best = (best_single_impression(pl_module, stage.task,
                                        lambda predict: evaluate_task(trainer, pl_module, stage.task, self.split, predict))
                 if self.baseline else None)
         pl_module.train(was_training)
-        row += [None] * (pl_module.num_tasks - len(row))
         self.matrix = self.matrix[: stage.task] + [row]
         self.task_seconds = self.task_seconds[: stage.task] + [seconds]
         self.best_impression = (self.best_impression + [None] * stage.task)[: stage.task] + [best]
@@ -140,10 +149,21 @@ class RetentionEvaluator(L.Callback):
         if trainer.is_global_zero:
             self.write(trainer, pl_module, summary)
 
+    def tasks_to_evaluate(self, task: int, num_tasks: int) -> list[int]:
+        """The tasks evaluated after ``task``: itself and up to ``old_tasks`` earlier ones, least recently
+        measured first (ties: lower id). Derived from the matrix alone, so a resumed run picks the same."""
+        if self.old_tasks is None or task == num_tasks - 1 or task <= self.old_tasks:
+            return list(range(task + 1))
+        # Row j always measured task j, so each scan ends by then.
+        last_measured = [next(i for i in range(task - 1, j - 1, -1) if self.matrix[i][j] is not None)
+                         for j in range(task)]
+        stale = sorted(range(task), key=lambda j: (last_measured[j], j))[: self.old_tasks]
+        return sorted(stale) + [task]
+
     def summary(self, pl_module: L.LightningModule) -> dict[str, Any]:
         """The retention.json content for the rows filled so far."""
         seen = len(self.matrix)
-        stats = summarise([row[:seen] for row in self.matrix])
+        stats = summarise(latest_measured([row[:seen] for row in self.matrix]))
         tasks = [{"task": t, "kind": pl_module.schedule.kind_of_task(t), "seconds": self.task_seconds[t],
                   **pl_module.task_storage(t), **pl_module.placement(t), **_baseline_fields(self.best_impression, t)}
                  for t in range(seen)]

@@ -39,11 +39,13 @@ def _check_value(value: Any, where: str) -> float | None:
     return value
 
 
-def validate_matrix(R: AccuracyMatrix) -> list[list[float | None]]:
+def validate_matrix(R: AccuracyMatrix, allow_gaps: bool = False) -> list[list[float | None]]:
     """Check ``R`` and return it as a list of float rows.
 
     Raises a one-line ``ValueError``/``TypeError`` for an empty or ragged matrix, more rows than columns,
-    values outside [0, 1], or a missing (``None``) entry on or below the diagonal.
+    values outside [0, 1], or a missing (``None``) entry on or below the diagonal (below it only unless
+    ``allow_gaps``: a matrix whose old tasks were not re-evaluated after every task, see
+    :func:`latest_measured`; the diagonal is always required).
     """
     if not _is_list_like(R):
         raise TypeError(f"accuracy matrix R must be a list of rows, got {type(R).__name__}")
@@ -65,11 +67,27 @@ def validate_matrix(R: AccuracyMatrix) -> list[list[float | None]]:
         raise ValueError(f"R has {len(rows)} rows but only {width} columns: need one column per task "
                          "(rows = tasks trained so far)")
     for i, row in enumerate(rows):
-        for j in range(i + 1):
+        for j in range(i, i + 1) if allow_gaps else range(i + 1):
             if row[j] is None:
                 raise ValueError(f"R[{i}][{j}] is None but task {j} was trained by then: evaluate it after "
                                  f"task {i}")
     return rows
+
+
+def latest_measured(R: AccuracyMatrix) -> list[list[float | None]]:
+    """``R`` with every gap below the diagonal filled by that task's latest earlier measurement.
+
+    For streams that re-evaluate only some old tasks after each task (``RetentionEvaluator(old_tasks=...)``):
+    the metrics then read "the latest measured accuracy" of a task not evaluated at that point. A row that
+    evaluated every seen task (the stream's last one always does) is left as measured, so the final average
+    accuracy and BWT are exact; forgetting takes its maximum over the measured points only.
+    """
+    rows = validate_matrix(R, allow_gaps=True)
+    filled: list[list[float | None]] = []
+    for i, row in enumerate(rows):
+        previous = filled[-1] if filled else row
+        filled.append([previous[j] if j < i and v is None else v for j, v in enumerate(row)])
+    return filled
 
 
 def _mean(values: Sequence[float]) -> float:

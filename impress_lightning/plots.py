@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from impress_lightning.atomic import atomic_output
-from impress_lightning.metrics import AccuracyMatrix, summarise, validate_matrix
+from impress_lightning.metrics import AccuracyMatrix, latest_measured, summarise, validate_matrix
 
 TASK_KINDS = ("impression", "combination", "pending")  # pending: an adaptive-bank task not started yet
 _KIND_STYLE = {"impression": ("I", "tab:blue"), "combination": ("C", "tab:orange"), "pending": ("?", "tab:gray")}
@@ -73,7 +73,7 @@ def figure_accuracy_matrix(R: AccuracyMatrix, kinds: Sequence[str] | None = None
         dpi: pixels per inch of the figure.
         figsize: (width, height) in inches; default grows with the number of tasks.
     """
-    rows = validate_matrix(R)
+    rows = validate_matrix(R, allow_gaps=True)  # cells not re-evaluated are drawn grey
     n_rows, n_cols = len(rows), len(rows[0])
     kinds = _check_kinds(kinds, n_cols)
     annotate = max(n_rows, n_cols) <= ANNOTATE_MAX_TASKS
@@ -116,7 +116,7 @@ def figure_accuracy_matrix(R: AccuracyMatrix, kinds: Sequence[str] | None = None
         ax.set_xlabel("task j  (I = impression, C = combination)")
     ax.set_ylabel("after training task i")
 
-    stats = summarise(rows)
+    stats = summarise(latest_measured(rows))  # the same figures as retention.json
     progress = "" if n_rows == n_cols else f"{n_rows}/{n_cols} tasks, "
     ax.set_title(f"Accuracy matrix ({progress}avg acc {stats['average_accuracy']:.3f}, "
                  f"BWT {stats['bwt']:+.3f}, forgetting {stats['forgetting']:.3f})", fontsize=9)

@@ -65,7 +65,7 @@ class SupermaskLayer(nn.Module):
     def effective_weight(self, selection: Selection, layer_index: int) -> Tensor:
         """The weight this layer uses under ``selection`` (``layer_index`` picks per-layer α rows)."""
         if isinstance(selection, LearnMask):
-            return self.weight * selection.rule(self.scores)
+            return selection.rule.masked_weight(self.scores, self.weight)
         if isinstance(selection, Impression):
             return self.weight * self.bank.mask(selection.slot, self.weight.dtype)
         if isinstance(selection, Combine):

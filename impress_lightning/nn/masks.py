@@ -1,7 +1,8 @@
 """Mask rules: how a real-valued score tensor becomes a binary supermask.
 
 Both rules use the straight-through estimator: the forward pass returns a hard {0, 1} mask, the backward
-pass hands the incoming gradient to the scores unchanged (edge-popup / SupSup).
+pass hands the incoming gradient to the scores unchanged (edge-popup / SupSup). Mask learning calls
+:meth:`MaskRule.masked_weight`, which fuses the mask with the frozen weight it multiplies.
 """
 
 from __future__ import annotations
@@ -12,26 +13,48 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from impress_lightning.nn.select import topk_keep
 
-class _TopKStraightThrough(torch.autograd.Function):
+
+class _TopKMaskedWeight(torch.autograd.Function):
+    """``weight ⊙ topk(|scores|)`` in one step; backward hands ``grad ⊙ weight ⊙ sign(scores)`` to the scores.
+
+    The same values and gradient as ranking ``scores.abs()`` in the graph and multiplying by the float mask
+    (the straight-through rule of edge-popup / SupSup), in fewer passes over the layer.
+    """
+
     @staticmethod
-    def forward(ctx, magnitudes: Tensor, k: int) -> Tensor:
-        flat = magnitudes.detach().flatten()
-        mask = torch.zeros_like(flat)
-        if k > 0:
-            # sorted=False: we only need the set, and sorting is the slow part of topk.
-            mask[flat.topk(k, sorted=False).indices] = 1.0
-        return mask.view_as(magnitudes)
+    def forward(ctx, scores: Tensor, weight: Tensor, k: int) -> Tensor:
+        ctx.save_for_backward(scores, weight)
+        # A float copy of the mask: multiplying by a bool tensor takes a much slower mixed-type path.
+        return weight * topk_keep(scores, k).to(weight.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return grad, None
+        scores, weight = ctx.saved_tensors
+        return grad.mul(weight).mul_(scores.sign()), None, None
 
 
-class _ThresholdStraightThrough(torch.autograd.Function):
+class _ThresholdMaskedWeight(torch.autograd.Function):
+    """``weight ⊙ (scores >= threshold)``; backward hands ``grad ⊙ weight`` to the scores (straight-through)."""
+
     @staticmethod
-    def forward(ctx, scores: Tensor, threshold: float) -> Tensor:
-        return (scores.detach() >= threshold).to(scores.dtype)
+    def forward(ctx, scores: Tensor, weight: Tensor, threshold: float) -> Tensor:
+        ctx.save_for_backward(weight)
+        return weight * scores.detach().ge(threshold).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (weight,) = ctx.saved_tensors
+        return grad * weight, None, None
+
+
+class _StraightThrough(torch.autograd.Function):
+    """A precomputed mask in the forward pass, the incoming gradient unchanged to the scores."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, mask: Tensor) -> Tensor:
+        return mask
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -43,21 +66,37 @@ def kept_count(numel: int, density: float) -> int:
     return int(round(density * numel))
 
 
-def topk_mask(scores: Tensor, density: float) -> Tensor:
-    """Binary mask keeping exactly ``round(density * numel)`` entries of largest |score| (straight-through).
-
-    The ranking is on ``|scores|`` inside the graph (as in edge-popup / SupSup), so the gradient reaching a
-    score is ``sign(score) ·`` the gradient of its mask entry: raising a kept weight's importance always
-    grows its magnitude.
-    """
+def _checked_count(scores: Tensor, density: float) -> int:
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    return _TopKStraightThrough.apply(scores.abs(), kept_count(scores.numel(), density))
+    return kept_count(scores.numel(), density)
+
+
+def topk_mask(scores: Tensor, density: float) -> Tensor:
+    """Binary mask keeping exactly ``round(density * numel)`` entries of largest |score| (straight-through);
+    equal magnitudes at the boundary are kept lowest index first (:mod:`~impress_lightning.nn.select`).
+
+    The ranking is on ``|scores|`` (as in edge-popup / SupSup), so the gradient reaching a score is
+    ``sign(score) ·`` the gradient of its mask entry: raising a kept weight's importance always grows its
+    magnitude.
+    """
+    mask = topk_keep(scores, _checked_count(scores, density)).to(scores.dtype)
+    return _StraightThrough.apply(scores.abs(), mask)
+
+
+def topk_masked_weight(scores: Tensor, weight: Tensor, density: float) -> Tensor:
+    """``weight * topk_mask(scores, density)``, values and gradients alike, fused into one step."""
+    return _TopKMaskedWeight.apply(scores, weight, _checked_count(scores, density))
 
 
 def threshold_mask(scores: Tensor, threshold: float = 0.0) -> Tensor:
     """Binary mask keeping the entries with ``score >= threshold`` (SupSup's rule; straight-through)."""
-    return _ThresholdStraightThrough.apply(scores, threshold)
+    return _StraightThrough.apply(scores, (scores.detach() >= threshold).to(scores.dtype))
+
+
+def threshold_masked_weight(scores: Tensor, weight: Tensor, threshold: float = 0.0) -> Tensor:
+    """``weight * threshold_mask(scores, threshold)``, values and gradients alike, fused into one step."""
+    return _ThresholdMaskedWeight.apply(scores, weight, threshold)
 
 
 def er_density(shape: Sequence[int], scale: float) -> float:
@@ -75,6 +114,10 @@ class MaskRule:
 
     def __call__(self, scores: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def masked_weight(self, scores: Tensor, weight: Tensor) -> Tensor:
+        """``weight * self(scores)`` (what mask learning trains through); rules override it with a fused step."""
+        return weight * self(scores)
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and vars(self) == vars(other)
@@ -108,6 +151,9 @@ class TopK(MaskRule):
     def __call__(self, scores: Tensor) -> Tensor:
         return topk_mask(scores, self.layer_density(scores.shape))
 
+    def masked_weight(self, scores: Tensor, weight: Tensor) -> Tensor:
+        return topk_masked_weight(scores, weight, self.layer_density(scores.shape))
+
 
 class Threshold(MaskRule):
     """Threshold mask rule (SupSup's task-inference experiments): keep entries with ``score >= threshold``.
@@ -125,3 +171,6 @@ class Threshold(MaskRule):
 
     def __call__(self, scores: Tensor) -> Tensor:
         return threshold_mask(scores, self.threshold)
+
+    def masked_weight(self, scores: Tensor, weight: Tensor) -> Tensor:
+        return threshold_masked_weight(scores, weight, self.threshold)
