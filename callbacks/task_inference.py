@@ -62,7 +62,7 @@ class TaskInferenceEvaluator(L.Callback):
     def method_name(method: TaskInference) -> str:
         name = f"{method.strategy}-{method.objective}"
         if method.strategy == "shortlist":
-            name += f"-m{method.shortlist_size}"
+            name += f"-{method.shortlist_by}-m{method.shortlist_size}"
         if method.refine_steps:
             name += f"-refine{method.refine_steps}"
         return name + (f"-n{method.num_examples}" if method.num_examples else "")

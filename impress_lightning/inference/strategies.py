@@ -10,6 +10,8 @@ from typing import Callable, Literal, Sequence, Union
 import torch
 from torch import Tensor
 
+from impress_lightning.inference.superposition import TaskCoeffs, displacement_dots, parent_slots, slot_point
+
 LogitsFn = Callable[[Tensor], Tensor]
 ScalarFn = Callable[[Tensor], Tensor]
 OptimizerName = Literal["adam", "sgd"]
@@ -49,6 +51,30 @@ def binary(logits_fn: LogitsFn, num_tasks: int, objective: ScalarFn, dtype: torc
         keep = math.ceil(remaining.numel() / 2)
         remaining = remaining[grad.topk(keep, largest=False, sorted=False).indices]
     return int(remaining[0])
+
+
+def taylor_estimates(combined_fn: Callable[[Alpha], Tensor], task_coeffs: TaskCoeffs, objective: ScalarFn) -> Tensor:
+    """``[T]`` first-order estimates of every task's exact objective: for each bank slot k that is some task's
+    main impression, one pass at the one-hot point e_k gives the objective and its gradient g_k, and a task
+    whose main impression is k gets ``objective(e_k) + <A_t − e_k, g_k>``.
+
+    Unlike the one-shot score (one linearisation at the superposition of all tasks, where a mixture always
+    scores between its impressions) each task is linearised next to where it lies, so a combination that
+    moved its impression's coefficients the right way ranks above it. Costs one pass per used slot: O(n)
+    whatever T for ImpressLearn (n = K), O(T) for dedicated masks.
+    """
+    parents = parent_slots(task_coeffs)
+    estimates = torch.empty(parents.shape, dtype=torch.float64)
+    for slot in parents.unique().tolist():
+        point = slot_point(task_coeffs, slot)
+        leaves = [p.requires_grad_(True) for p in ((point,) if torch.is_tensor(point) else point)]
+        value = objective(combined_fn(leaves[0] if torch.is_tensor(point) else tuple(leaves)))
+        grads = torch.autograd.grad(value, leaves)
+        estimate = value.detach() + displacement_dots(task_coeffs, point if torch.is_tensor(point) else tuple(
+            p.detach() for p in leaves), grads[0] if torch.is_tensor(point) else grads)
+        mine = (parents == slot).cpu()
+        estimates[mine] = estimate.detach().double().cpu()[mine]
+    return estimates
 
 
 def verify(candidates: Sequence[int], logits_of: Callable[[int], Tensor], score: ScalarFn) -> tuple[int, Tensor, Tensor]:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from impress_lightning.inference.objectives import ObjectiveName, get_objective, get_score
 from impress_lightning.inference.strategies import (
-    OptimizerName, binary, fit_alpha, one_shot, uniform_beta, verify,
+    OptimizerName, binary, fit_alpha, one_shot, taylor_estimates, uniform_beta, verify,
 )
 from impress_lightning.inference.superposition import (
     TaskCoeffs, batch_bn, check_task_coeffs, combination_logits_fn, normalize_rows, num_rows, superposed_logits_fn,
@@ -28,6 +28,7 @@ from impress_lightning.nn import Combine, SupermaskNet
 
 StrategyName = Literal["oneshot", "binary", "shortlist", "exhaustive", "alpha_fit"]
 SuperpositionNorm = Literal["l1", "none"]
+ShortlistBy = Literal["taylor", "oneshot"]
 AlphaFitGranularity = Literal["per_layer", "global"]
 Classifier = Callable[[Tensor, int], Tensor]
 _STRATEGIES: tuple[str, ...] = get_args(StrategyName)
@@ -42,7 +43,8 @@ class InferenceResult:
         logits: real-class logits ``[B, num_classes]`` for the whole batch, computed with the inferred task
             (its refined coefficients with ``refine_steps``, or the fitted α); ``logits.argmax(1)`` are the
             predictions.
-        scores: one-shot and shortlist: ``∂objective/∂β_t`` per task at uniform β (smaller = likelier).
+        scores: one-shot (and shortlist by one-shot): ``∂objective/∂β_t`` per task at uniform β; shortlist by
+            Taylor: the first-order estimate of each task's objective (smaller = likelier, both).
         candidates: shortlist and exhaustive: the rows of ``task_coeffs`` whose exact objective was computed.
         candidate_scores: the exact objective of each candidate under its own weights (smaller = likelier).
         alpha: α-fit: the fitted coefficients (``[L, n]`` or ``[n]``); with ``refine_steps``: the chosen task's
@@ -64,10 +66,10 @@ class TaskInference:
     Args:
         strategy: ``"oneshot"``: SupSup one-shot, β_t = 1/T, pick argmin_t ∂objective/∂β_t (over the K-space
             superposition, so it costs O(n) mask work with n bank slots: K for ImpressLearn, T for SupSup);
-            ``"binary"``: SupSup's halving variant (ceil(log2 T) passes); ``"shortlist"``: the one-shot
-            gradient ranks every task, then the ``shortlist_size`` best are verified by their exact objective
-            under their own weights and the smallest wins (one superposed pass + m forwards: flat in T for
-            ImpressLearn, and it can pick combination tasks, which one-shot's linear score cannot);
+            ``"binary"``: SupSup's halving variant (ceil(log2 T) passes); ``"shortlist"``: rank every task
+            cheaply (``shortlist_by``), then verify the ``shortlist_size`` best by their exact objective under
+            their own weights; the smallest wins (O(n + m) passes: flat in T for ImpressLearn, and it can pick
+            combination tasks, which one-shot's linear score cannot);
             ``"exhaustive"``: the exact objective of every task (T forwards; the accuracy upper bound of the
             objective); ``"alpha_fit"``: fit a fresh α from 1/n on the batch and classify with it (no discrete
             task).
@@ -79,7 +81,11 @@ class TaskInference:
             cannot win by the size of their α alone) or ``"none"`` (superpose the stored α's as they are).
         num_examples: how many leading examples of the batch drive the inference (1 ... batch); None = the
             whole batch. The whole batch is always classified.
-        shortlist_size: shortlist: how many of the best one-shot candidates are verified (m >= 1).
+        shortlist_size: shortlist: how many of the best-ranked candidates are verified (m >= 1).
+        shortlist_by: shortlist: how tasks are ranked. ``"taylor"``: a first-order estimate of every task's
+            exact objective, linearised at its main impression (one pass per bank slot in use: K for
+            ImpressLearn, T for dedicated masks); ``"oneshot"``: the one-shot gradient (one pass; measured
+            to miss combination tasks, whose linear score lies between their impressions').
         refine_steps: discrete strategies: after the choice, this many α-fit steps (``alpha_fit_lr``,
             ``alpha_fit_optimizer``, ``alpha_fit_reg``) on the objective refine the chosen task's coefficients
             on the batch before it is classified; 0 classifies with the stored coefficients.
@@ -98,6 +104,7 @@ class TaskInference:
     superposition_norm: SuperpositionNorm = "l1"
     num_examples: int | None = None
     shortlist_size: int = 4
+    shortlist_by: ShortlistBy = "taylor"
     refine_steps: int = 0
     alpha_fit_steps: int = 10
     alpha_fit_lr: float = 0.1
@@ -115,6 +122,8 @@ class TaskInference:
             raise ValueError(f"num_examples must be >= 1 (or None for the whole batch), got {self.num_examples}")
         if self.shortlist_size < 1:
             raise ValueError(f"shortlist_size must be >= 1, got {self.shortlist_size}")
+        if self.shortlist_by not in get_args(ShortlistBy):
+            raise ValueError(f"shortlist_by={self.shortlist_by!r} is unknown; use 'taylor' or 'oneshot'")
         if self.refine_steps < 0:
             raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
         if self.refine_steps and self.strategy == "alpha_fit":
@@ -199,8 +208,10 @@ class TaskInference:
         """The chosen row, its logits on ``probe`` where the strategy computed them, and what it scored."""
         num_tasks = num_rows(coeffs)
         if self.strategy == "exhaustive":
-            candidates = torch.arange(num_tasks)
-            scores = None
+            candidates, scores = torch.arange(num_tasks), None
+        elif self.strategy == "shortlist" and self.shortlist_by == "taylor":
+            scores = taylor_estimates(combination_logits_fn(net, probe), coeffs, objective)
+            candidates = scores.topk(min(self.shortlist_size, num_tasks), largest=False).indices
         else:
             rows = normalize_rows(coeffs) if self.superposition_norm == "l1" else coeffs
             logits_fn = superposed_logits_fn(net, probe, rows)
