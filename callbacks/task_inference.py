@@ -78,6 +78,12 @@ class TaskInferenceEvaluator(L.Callback):
         loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=loader.collate_fn)
         return rank_shard(loader, trainer)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Fail before training, not after it, when a method needs outputs the head does not have."""
+        if any(m.objective == "superfluous" for m in self.methods) and not pl_module.hparams.get("extra_outputs"):
+            raise ValueError("TaskInferenceEvaluator: objective='superfluous' needs never-labelled head outputs: "
+                             "set model.extra_outputs > 0 (e.g. --model.extra_outputs 4) or use objective='entropy'")
+
     def state_dict(self) -> dict[str, Any]:
         return {"results": self.results}
 

@@ -16,6 +16,7 @@ from impress_lightning.backbones import build_backbone
 from impress_lightning.inference import TaskInference, combination_logits_fn, entropy_objective, norm_penalty
 from impress_lightning.inference.strategies import taylor_estimates
 from impress_lightning.nn import Combine, LearnMask, SupermaskNet, TopK
+from streams import fit_selection
 
 NUM_CLASSES, EXTRA_OUTPUTS, K = 10, 4, 3
 ANGLES = [0.0, 60.0, 120.0, 30.0, 90.0]  # tasks 0-2 learn impressions, 3-4 are combinations between them
@@ -65,15 +66,8 @@ def stream() -> Stream:
                 best = max(range(K), key=lambda k: float((net(xs[:256], Combine(rows[k])).argmax(1) == ys[:256]).sum()))
             alpha = tuple(r.clone().requires_grad_(True) for r in rows[best])
             params, selection = list(alpha), Combine(alpha)
-        opt = torch.optim.Adam(params, lr=0.01 if task < K else 0.05)
-        for _ in range(STEPS):
-            pick = torch.randint(0, len(xs), (64,), generator=gen)
-            loss = F.cross_entropy(net(xs[pick], selection), ys[pick])
-            if task >= K:
-                loss = loss + 5e-3 * sum((a.abs().sum(-1) - 1).pow(2).sum() for a in alpha)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        penalty = None if task < K else (lambda: 5e-3 * norm_penalty(alpha))  # the module's α regulariser
+        fit_selection(net, selection, params, xs, ys, STEPS, 0.01 if task < K else 0.05, gen, penalty)
         if task < K:
             for layer in net.layers:
                 layer.bank.add(rule(layer.scores).detach())

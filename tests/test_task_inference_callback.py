@@ -57,3 +57,50 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
     L.Trainer(callbacks=[again], logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "test").test(
         fresh, dm)
     assert again.results["2"]["methods"] == final["methods"]
+
+
+INFERENCE_CONFIG = """
+trainer:
+  callbacks+:
+    - class_path: impress_lightning.callbacks.TaskInferenceEvaluator
+      init_args:
+        methods:
+          - {strategy: oneshot, objective: superfluous}
+          - {strategy: shortlist, objective: superfluous, shortlist_size: 2}
+          - {strategy: exhaustive, objective: superfluous}
+        batch_size: 32
+        max_batches_per_task: 2
+        seed: 3
+        every_task: false
+"""
+
+
+@pytest.mark.slow
+def test_superfluous_objective_through_the_cli_and_a_seeded_rerun_on_the_checkpoint(tmp_path):
+    from test_cli import QUICKSTART, tiny_fit_args
+
+    from impress_lightning.cli import main
+
+    config = tmp_path / "inference.yaml"
+    config.write_text(INFERENCE_CONFIG)
+    main(tiny_fit_args(tmp_path, "--config", str(config), "--model.extra_outputs", "4"))
+    run = tmp_path / "quickstart"
+    fit_report = json.loads((run / "task_inference.json").read_text())["2"]
+    assert fit_report["batches"] == {"size": 32, "shuffle": True, "seed": 3}
+    methods = fit_report["methods"]
+    assert sorted(methods) == ["exhaustive-superfluous", "oneshot-superfluous", "shortlist-superfluous-taylor-m2"]
+    for summary in methods.values():
+        assert 0.0 <= summary["task_accuracy"] <= 1.0 and 0.0 <= summary["accuracy"] <= 1.0
+    assert fit_report["task_given_accuracy"] > 0.25  # above chance (0.1) after the tiny fit; 14 head outputs
+
+    # `test` on the checkpoint draws the same seeded batches: the same report, number for number.
+    main(["test", "--config", QUICKSTART, "--config", str(config), "--trainer.logger.init_args.save_dir",
+          str(tmp_path), "--trainer.enable_progress_bar", "false", "--data.init_args.num_tasks", "3",
+          "--model.num_impressions", "2", "--model.extra_outputs", "4",
+          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert json.loads((run / "test" / "task_inference.json").read_text())["2"] == fit_report
+
+    # Without extra outputs the objective is refused before anything trains.
+    with pytest.raises(ValueError, match="extra_outputs"):
+        main(tiny_fit_args(tmp_path / "none", "--config", str(config)))
+    assert not (tmp_path / "none" / "quickstart" / "checkpoints").exists()
