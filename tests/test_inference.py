@@ -293,6 +293,8 @@ def test_score_inference_gnu_and_gns() -> None:
     ({"strategy": "oracle"}, "strategy"), ({"objective": "H"}, "objective"), ({"num_examples": 0}, "num_examples"),
     ({"alpha_fit_lr": 0.0}, "alpha_fit_lr"), ({"alpha_fit_optimizer": "lbfgs"}, "alpha_fit_optimizer"),
     ({"alpha_fit_granularity": "layer"}, "alpha_fit_granularity"), ({"superposition_norm": "l2"}, "superposition_norm"),
+    ({"shortlist_size": 0}, "shortlist_size"), ({"shortlist_by": "gradient"}, "shortlist_by"),
+    ({"refine_steps": -1}, "refine_steps"), ({"strategy": "alpha_fit", "refine_steps": 2}, "refine_steps"),
 ])
 def test_bad_config_names_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):

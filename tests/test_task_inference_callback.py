@@ -104,3 +104,24 @@ def test_superfluous_objective_through_the_cli_and_a_seeded_rerun_on_the_checkpo
     with pytest.raises(ValueError, match="extra_outputs"):
         main(tiny_fit_args(tmp_path / "none", "--config", str(config)))
     assert not (tmp_path / "none" / "quickstart" / "checkpoints").exists()
+
+
+def test_evaluation_batches_are_a_seeded_shuffle_of_each_task():
+    from types import SimpleNamespace
+
+    dm = TaskSequenceDataModule(dataset="digits", family="permute", num_tasks=2, batch_size=64, seed=0)
+    dm.setup("test")
+    trainer = SimpleNamespace(datamodule=dm, world_size=1)
+
+    def labels(evaluator: TaskInferenceEvaluator, task: int) -> list[torch.Tensor]:
+        return [y for _, y in evaluator.task_loader(trainer, task)]
+
+    ordered = torch.cat(labels(TaskInferenceEvaluator(batch_size=50, shuffle=False), 0))
+    first, again = labels(TaskInferenceEvaluator(batch_size=50, seed=0), 0), labels(TaskInferenceEvaluator(batch_size=50), 0)
+    assert len(first[0]) == 50 and all(torch.equal(a, b) for a, b in zip(first, again))  # a rerun: same batches
+    shuffled = torch.cat(first)
+    assert not torch.equal(shuffled, ordered) and torch.equal(shuffled.sort().values, ordered.sort().values)
+    assert not torch.equal(torch.cat(labels(TaskInferenceEvaluator(batch_size=50, seed=1), 0)), shuffled)
+    assert not torch.equal(torch.cat(labels(TaskInferenceEvaluator(batch_size=50), 1)), shuffled)  # per task
+    with pytest.raises(ValueError, match="batch_size"):
+        TaskInferenceEvaluator(batch_size=0)
