@@ -14,8 +14,7 @@ and the whole inference of one batch with ImpressLearn's ``shortlist`` strategy 
 combination tasks): one forward + backward at each of the K impressions (the Taylor ranking of all T tasks),
 then ``--shortlist`` candidates checked by a forward with their cached (materialised) weights, the best one's
 logits kept as the batch's classification, timed in interleaved rounds over every T. Its ratios: against
-SupSup's float-stack one-shot at the same T,
-and against itself at T = 10 (flat in T = 1).
+SupSup's float-stack one-shot at the same T, and against itself at T = 10 (flat in T = 1).
 
 Masks and α are random (timing does not depend on their values). Run::
 
