@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="fc1024", choices=["fc1024", "lenet_300_100"])
     parser.add_argument("--tasks", type=int, nargs="+", default=[5, 10, 25, 100, 250], help="numbers of tasks T")
     parser.add_argument("--impressions", type=int, default=5, help="K for the K-space superposition")
-    parser.add_argument("--shortlist", type=int, default=4, help="candidates the shortlist strategy verifies (m)")
+    parser.add_argument("--shortlist", type=int, default=12, help="candidates the shortlist strategy verifies (m)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds of the shortlist timing")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--density", type=float, default=0.1, help="density of the random masks")

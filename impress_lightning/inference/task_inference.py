@@ -2,7 +2,7 @@
 
 Example::
 
-    inference = TaskInference(strategy="shortlist", objective="entropy", shortlist_size=4)
+    inference = TaskInference(strategy="shortlist", objective="entropy", shortlist_size=12)
     result = inference.infer(net.eval(), x, task_coeffs, num_classes=10)
     preds = result.logits.argmax(dim=1)          # result.task is the inferred task (None for α-fit)
 """
@@ -81,7 +81,8 @@ class TaskInference:
             cannot win by the size of their α alone) or ``"none"`` (superpose the stored α's as they are).
         num_examples: how many leading examples of the batch drive the inference (1 ... batch); None = the
             whole batch. The whole batch is always classified.
-        shortlist_size: shortlist: how many of the best-ranked candidates are verified (m >= 1).
+        shortlist_size: shortlist: how many of the best-ranked candidates are verified (m >= 1). Where m >= T
+            every task is checked and the ranking is skipped (the exhaustive search, T forwards).
         shortlist_by: shortlist: how tasks are ranked. ``"taylor"``: a first-order estimate of every task's
             exact objective, linearised at its main impression (one pass per bank slot in use: K for
             ImpressLearn, T for dedicated masks); ``"oneshot"``: the one-shot gradient (one pass; measured
@@ -103,7 +104,7 @@ class TaskInference:
     objective: ObjectiveName = "entropy"
     superposition_norm: SuperpositionNorm = "l1"
     num_examples: int | None = None
-    shortlist_size: int = 4
+    shortlist_size: int = 12
     shortlist_by: ShortlistBy = "taylor"
     refine_steps: int = 0
     alpha_fit_steps: int = 10
@@ -207,7 +208,7 @@ class TaskInference:
                 own_logits: Callable[[Tensor, int], Tensor], num_classes: int | None) -> dict[str, Any]:
         """The chosen row, its logits on ``probe`` where the strategy computed them, and what it scored."""
         num_tasks = num_rows(coeffs)
-        if self.strategy == "exhaustive":
+        if self.strategy == "exhaustive" or (self.strategy == "shortlist" and self.shortlist_size >= num_tasks):
             candidates, scores = torch.arange(num_tasks), None
         elif self.strategy == "shortlist" and self.shortlist_by == "taylor":
             scores = taylor_estimates(combination_logits_fn(net, probe), coeffs, objective)
