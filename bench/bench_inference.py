@@ -86,7 +86,8 @@ def time_step(logits_fn: Callable[[Tensor], Tensor], num_tasks: int, repeats: in
     return fastest(lambda: beta_gradient(logits_fn, beta, objective), repeats)
 
 
-def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], shortlist: int, rounds: int) -> dict[int, float]:
+def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], shortlist: int,
+                    rounds: int) -> dict[int, float]:
     """Fastest whole shortlist inference of batch ``x`` among the T tasks of ``alphas[T]``, for every T, in
     interleaved rounds (each round runs every T once, so load drift on a shared machine hits them all alike).
     Every task's weights are cached, as ``TaskInferenceEvaluator(weight_cache_size=...)`` keeps them."""

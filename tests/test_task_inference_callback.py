@@ -117,7 +117,8 @@ def test_evaluation_batches_are_a_seeded_shuffle_of_each_task():
         return [y for _, y in evaluator.task_loader(trainer, task)]
 
     ordered = torch.cat(labels(TaskInferenceEvaluator(batch_size=50, shuffle=False), 0))
-    first, again = labels(TaskInferenceEvaluator(batch_size=50, seed=0), 0), labels(TaskInferenceEvaluator(batch_size=50), 0)
+    first = labels(TaskInferenceEvaluator(batch_size=50, seed=0), 0)
+    again = labels(TaskInferenceEvaluator(batch_size=50), 0)
     assert len(first[0]) == 50 and all(torch.equal(a, b) for a, b in zip(first, again))  # a rerun: same batches
     shuffled = torch.cat(first)
     assert not torch.equal(shuffled, ordered) and torch.equal(shuffled.sort().values, ordered.sort().values)

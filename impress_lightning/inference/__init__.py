@@ -1,5 +1,6 @@
 """Task inference without task ids (METHOD.md §5-6): SupSup one-shot / binary over a K-space
-superposition of the learned tasks, and ImpressLearn's α-fit. No Lightning here."""
+superposition of the learned tasks, the shortlist (Taylor ranking + exact check, flat in T) and exhaustive
+searches, and ImpressLearn's α-fit. No Lightning here."""
 
 from impress_lightning.inference.accuracy import InferenceTally, score_inference
 from impress_lightning.inference.objectives import (

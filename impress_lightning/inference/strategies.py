@@ -77,7 +77,8 @@ def taylor_estimates(combined_fn: Callable[[Alpha], Tensor], task_coeffs: TaskCo
     return estimates
 
 
-def verify(candidates: Sequence[int], logits_of: Callable[[int], Tensor], score: ScalarFn) -> tuple[int, Tensor, Tensor]:
+def verify(candidates: Sequence[int], logits_of: Callable[[int], Tensor],
+           score: ScalarFn) -> tuple[int, Tensor, Tensor]:
     """Exact check of a shortlist: each candidate's ``score`` on its own logits (its own weights, not a
     superposition). Returns the index into ``candidates`` of the smallest score, that candidate's logits and
     every candidate's score."""
