@@ -10,9 +10,15 @@ all T tasks, backward to the T task weights β. Three ways of computing it, meas
 * ``kspace``: ImpressLearn, T combination tasks over K impressions, superposed in coefficient space
   (``Σ_t β_t α_t`` then one combine of K masks).
 
+and the whole inference of one batch with ImpressLearn's ``shortlist`` strategy (the step that identifies
+combination tasks): one forward + backward at each of the K impressions (the Taylor ranking of all T tasks),
+then ``--shortlist`` candidates checked by a forward with their cached (materialised) weights, the best one's
+logits kept as the batch's classification, timed in interleaved rounds over every T. Its ratios: against
+SupSup's float-stack one-shot at the same T, and against itself at T = 10 (flat in T = 1).
+
 Masks and α are random (timing does not depend on their values). Run::
 
-    python bench/bench_inference.py                      # FC-1024, T in {5, 25, 100, 250}
+    python bench/bench_inference.py                      # FC-1024, T in {5, 10, 25, 100, 250}
     python bench/bench_inference.py --backbone lenet_300_100 --tasks 5 50 --json out.json
     python bench/bench_inference.py --threads 0          # torch's default thread count (default: 1)
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from functools import partial
 from typing import Callable
@@ -30,8 +37,10 @@ from torch import Tensor
 from torch.func import functional_call
 
 from impress_lightning.backbones import build_backbone
-from impress_lightning.inference import beta_gradient, entropy_objective, superposed_logits_fn, uniform_beta
-from impress_lightning.nn import SupermaskNet, naive_combine
+from impress_lightning.inference import (
+    TaskInference, beta_gradient, entropy_objective, superposed_logits_fn, uniform_beta,
+)
+from impress_lightning.nn import Combine, SupermaskNet, naive_combine
 
 INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
 
@@ -57,26 +66,60 @@ def stack_logits_fn(net: SupermaskNet, x: Tensor, stacks: list[Tensor]) -> Calla
     return logits
 
 
-def time_step(logits_fn: Callable[[Tensor], Tensor], num_tasks: int, repeats: int, min_seconds: float = 1.0) -> float:
-    """Fastest forward + backward pass to β, in seconds, over at least ``repeats`` runs and ``min_seconds`` of
-    timing (at most 50 runs), after one untimed warm-up that builds caches. The minimum, not the median: on
-    a shared machine it is the run least disturbed by other load."""
-    objective = partial(entropy_objective, num_classes=NUM_CLASSES)
-    beta = uniform_beta(num_tasks, torch.float32, "cpu")
-    beta_gradient(logits_fn, beta, objective)
+def fastest(step: Callable[[], object], repeats: int, min_seconds: float = 1.0) -> float:
+    """Fastest run of ``step``, in seconds, over at least ``repeats`` runs and ``min_seconds`` of timing (at most
+    50 runs), after one untimed warm-up that builds caches. The minimum, not the median: on a shared machine
+    it is the run least disturbed by other load."""
+    step()
     times: list[float] = []
     while len(times) < repeats or (sum(times) < min_seconds and len(times) < 50):
         start = time.perf_counter()
-        beta_gradient(logits_fn, beta, objective)
+        step()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def time_step(logits_fn: Callable[[Tensor], Tensor], num_tasks: int, repeats: int) -> float:
+    """Fastest one-shot step: forward + backward through the superposition to β."""
+    objective = partial(entropy_objective, num_classes=NUM_CLASSES)
+    beta = uniform_beta(num_tasks, torch.float32, "cpu")
+    return fastest(lambda: beta_gradient(logits_fn, beta, objective), repeats)
+
+
+def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], shortlist: int,
+                    rounds: int) -> dict[int, float]:
+    """Fastest whole shortlist inference of batch ``x`` among the T tasks of ``alphas[T]``, for every T, in
+    interleaved rounds (each round runs every T once, so load drift on a shared machine hits them all alike).
+    Every task's weights are cached, as ``TaskInferenceEvaluator(weight_cache_size=...)`` keeps them."""
+    net.cache_size = sum(a.shape[0] for a in alphas.values())
+    net.clear_cache()
+    inference = TaskInference(strategy="shortlist", shortlist_size=shortlist)
+
+    def step(num_tasks: int) -> None:
+        coeffs = alphas[num_tasks]
+        classify = lambda batch, task: net(batch, Combine(coeffs[task]), cache_key=(num_tasks, task))  # noqa: E731
+        inference.infer(net, x, coeffs, num_classes=NUM_CLASSES, classify=classify)
+
+    with torch.no_grad():  # materialise every task once, outside the timing
+        for num_tasks, coeffs in alphas.items():
+            for task in range(num_tasks):
+                net(x[:1], Combine(coeffs[task]), cache_key=(num_tasks, task))
+    best = {num_tasks: math.inf for num_tasks in alphas}
+    for _ in range(rounds):
+        for num_tasks in alphas:
+            start = time.perf_counter()
+            step(num_tasks)
+            best[num_tasks] = min(best[num_tasks], time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="fc1024", choices=["fc1024", "lenet_300_100"])
-    parser.add_argument("--tasks", type=int, nargs="+", default=[5, 25, 100, 250], help="numbers of tasks T")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[5, 10, 25, 100, 250], help="numbers of tasks T")
     parser.add_argument("--impressions", type=int, default=5, help="K for the K-space superposition")
+    parser.add_argument("--shortlist", type=int, default=12, help="candidates the shortlist strategy verifies (m)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds of the shortlist timing")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--density", type=float, default=0.1, help="density of the random masks")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per cell (the fastest is reported)")
@@ -99,12 +142,13 @@ def main() -> None:
     header = f"{'T':>5} {'supsup_lookup ms':>17} {'supsup_stack ms':>16} {'kspace ms':>10} " \
              f"{'lookup/kspace':>14} {'stack/kspace':>13}"
     print(header)
-    rows = []
+    rows, all_alphas = [], {}
     for num_tasks in args.tasks:
         one_hot = torch.eye(num_tasks).unsqueeze(1).expand(num_tasks, num_layers, num_tasks)
         lookup = time_step(superposed_logits_fn(dedicated, x, one_hot), num_tasks, args.repeats)
         alphas = torch.randn(num_tasks, num_layers, args.impressions)
         kspace = time_step(superposed_logits_fn(impressions, x, alphas), num_tasks, args.repeats)
+        all_alphas[num_tasks] = alphas
         stack = None
         if num_tasks * numel * 4 / 2**30 <= args.naive_max_gb:
             stacks = [layer.bank.masks(num_tasks).view(num_tasks, *layer.weight.shape).float()
@@ -118,6 +162,17 @@ def main() -> None:
               f"{stack_ratio}", flush=True)
     flat = max(r["kspace_s"] for r in rows) / min(r["kspace_s"] for r in rows)
     print(f"K-space max/min over T: {flat:.2f} (flat = 1)")
+    at = time_shortlists(impressions, x, all_alphas, args.shortlist, args.rounds)
+    print(f"{'T':>5} {'shortlist ms':>13} {'supsup_stack/shortlist':>23}   (whole inference of a batch, m = "
+          f"{args.shortlist}, {args.rounds} interleaved rounds)")
+    for row in rows:
+        row["shortlist_s"] = at[row["T"]]
+        stack = row["supsup_stack_s"]
+        ratio = f"{stack / row['shortlist_s']:23.2f}" if stack is not None else f"{'-':>23}"
+        print(f"{row['T']:5d} {row['shortlist_s'] * 1e3:13.1f} {ratio}")
+    if 10 in at:
+        print("shortlist at T / at T = 10: " + ", ".join(f"T={t}: {at[t] / at[10]:.2f}" for t in sorted(at))
+              + " (target: <= 2 at T = 250)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "masked_weights": numel, "rows": rows}, handle, indent=2)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from impress_lightning.atomic import atomic_write
 from impress_lightning.callbacks.retention import rank_shard, run_directory
@@ -29,24 +29,61 @@ class TaskInferenceEvaluator(L.Callback):
         methods: the inference strategies to compare (strategy, objective, number of examples, ...).
         labels: "shared" (GNs), "unshared" (GNu), or "auto" (unshared when the datamodule remaps labels).
         split: "test" or "val" examples.
-        batch_size: examples per inferred batch (SupSup used 128).
+        batch_size: examples per inferred batch (SupSup used 128). How many of them drive the inference is
+            each method's ``num_examples`` (SupSup: 1 on PermutedMNIST, the whole batch on rotations).
         max_batches_per_task: cap on batches per task and evaluation (inference is costlier than a forward
             pass); None evaluates every batch.
+        shuffle: draw each task's batches from a seeded permutation of its examples, as SupSup does (every
+            method sees the same batches); False reads the examples in dataset order (contiguous runs, which
+            measured lower on RotatedMNIST).
+        seed: seed of the shuffle (task t uses ``seed`` and t): a rerun gives the same batches and report.
+        weight_cache_size: during the evaluation, how many tasks' combined weights stay materialised (the
+            exact checks of ``shortlist`` / ``exhaustive`` then cost a plain forward each); None keeps the
+            module's ``eval_cache_size``. Memory: one dense copy of the masked weights per cached task.
         every_task: evaluate after every task; False evaluates only after the last task (and in ``test``).
     """
 
     def __init__(self, methods: list[TaskInference] | None = None, labels: Literal["auto", "shared", "unshared"] = "auto",
                  split: Literal["test", "val"] = "test", batch_size: int = 128, max_batches_per_task: int | None = 20,
+                 shuffle: bool = True, seed: int = 0, weight_cache_size: int | None = None,
                  every_task: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_batches_per_task is not None and max_batches_per_task < 1:
+            raise ValueError(f"max_batches_per_task must be >= 1 (or None for every batch), got {max_batches_per_task}")
+        if weight_cache_size is not None and weight_cache_size < 0:
+            raise ValueError(f"weight_cache_size must be >= 0 (or None for the module's), got {weight_cache_size}")
         self.methods = methods or [TaskInference()]
         self.labels, self.split, self.batch_size = labels, split, batch_size
         self.max_batches, self.every_task = max_batches_per_task, every_task
+        self.shuffle, self.seed, self.weight_cache_size = shuffle, seed, weight_cache_size
         self.results: dict[str, Any] = {}
 
     @staticmethod
     def method_name(method: TaskInference) -> str:
         name = f"{method.strategy}-{method.objective}"
+        if method.strategy == "shortlist":
+            name += f"-{method.shortlist_by}-m{method.shortlist_size}"
+        if method.refine_steps:
+            name += f"-refine{method.refine_steps}"
         return name + (f"-n{method.num_examples}" if method.num_examples else "")
+
+    def task_loader(self, trainer: L.Trainer, task: int) -> DataLoader:
+        """``task``'s evaluation batches: a seeded permutation of its examples (with ``shuffle``), this rank's
+        share of them, in batches of ``batch_size``."""
+        loader = trainer.datamodule.eval_dataloader(task, self.split)
+        dataset = loader.dataset
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + task)
+            dataset = Subset(dataset, torch.randperm(len(dataset), generator=gen).tolist())
+        loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=loader.collate_fn)
+        return rank_shard(loader, trainer)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Fail before training, not after it, when a method needs outputs the head does not have."""
+        if any(m.objective == "superfluous" for m in self.methods) and not pl_module.hparams.get("extra_outputs"):
+            raise ValueError("TaskInferenceEvaluator: objective='superfluous' needs never-labelled head outputs: "
+                             "set model.extra_outputs > 0 (e.g. --model.extra_outputs 4) or use objective='entropy'")
 
     def state_dict(self) -> dict[str, Any]:
         return {"results": self.results}
@@ -61,36 +98,50 @@ class TaskInferenceEvaluator(L.Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, module: L.LightningModule, seen: int) -> dict[str, Any]:
-        """Inferred-id accuracy and task-inference accuracy of every method on tasks ``0..seen-1``."""
-        was_training = module.training
+        """Inferred-id accuracy and task-inference accuracy of every method on tasks ``0..seen-1``, next to
+        the task-id-given accuracy on the same batches."""
+        was_training, cache_size = module.training, module.net.cache_size
         module.eval()
-        coeffs, shared = module.task_coefficients(seen), self.shared_labels(trainer)
-        classify = lambda x, task: module(x, task)[:, : module.num_classes]  # noqa: E731 (cached path)
-        report: dict[str, Any] = {"labels": "shared" if shared else "unshared", "tasks": seen, "methods": {}}
-        for method in self.methods:
-            per_task = []
-            for task in range(seen):
-                loader = trainer.datamodule.eval_dataloader(task, self.split)
-                loader = DataLoader(loader.dataset, batch_size=self.batch_size, collate_fn=loader.collate_fn)
-                tally = InferenceTally()
-                for i, batch in enumerate(rank_shard(loader, trainer)):
-                    if self.max_batches is not None and i >= self.max_batches:
-                        break
-                    x, y = to_device(batch, trainer)
-                    result = method.infer(module.net, x, coeffs, num_classes=module.num_classes, classify=classify)
-                    tally = tally + score_inference(task, result.task, result.logits.argmax(1), y, shared_labels=shared)
-                counts = torch.tensor([tally.correct, tally.total, tally.task_hits, tally.task_trials],
-                                      dtype=torch.float64, device=module.device)
-                counts = trainer.strategy.reduce(counts, reduce_op="sum")
-                per_task.append({"accuracy": float(counts[0] / counts[1]),
-                                 "task_accuracy": float(counts[2] / counts[3]) if counts[3] > 0 else None})
-            accs = [t["accuracy"] for t in per_task]
-            task_accs = [t["task_accuracy"] for t in per_task if t["task_accuracy"] is not None]
-            report["methods"][self.method_name(method)] = {
-                "per_task": per_task, "accuracy": sum(accs) / len(accs),
-                "task_accuracy": sum(task_accs) / len(task_accs) if task_accs else None}
-        module.train(was_training)
+        if self.weight_cache_size is not None:
+            module.net.cache_size = self.weight_cache_size
+        try:
+            shared = self.shared_labels(trainer)
+            coeffs = module.task_coefficients(seen)
+            given = [self.tally(trainer, module, task, None, coeffs, shared) for task in range(seen)]
+            report: dict[str, Any] = {
+                "labels": "shared" if shared else "unshared", "tasks": seen,
+                "batches": {"size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed},
+                "task_given_accuracy": sum(t["accuracy"] for t in given) / seen,
+                "task_given_per_task": [t["accuracy"] for t in given], "methods": {}}
+            for method in self.methods:
+                per_task = [self.tally(trainer, module, task, method, coeffs, shared) for task in range(seen)]
+                report["methods"][self.method_name(method)] = summarize(per_task, module)
+        finally:
+            module.net.cache_size = cache_size
+            module.train(was_training)
         return report
+
+    def tally(self, trainer: L.Trainer, module: L.LightningModule, task: int, method: TaskInference | None,
+              coeffs: tuple[torch.Tensor, ...], shared: bool) -> dict[str, float | None]:
+        """Accuracy (and task-inference accuracy) on ``task``'s batches with ``method`` inferring the task
+        among the rows of ``coeffs``, or with the true task id when ``method`` is None; counts summed exactly
+        over the ranks."""
+        classify = lambda x, t: module(x, t)  # noqa: E731 (the cached path; every head output)
+        tally = InferenceTally()
+        for i, batch in enumerate(self.task_loader(trainer, task)):
+            if self.max_batches is not None and i >= self.max_batches:
+                break
+            x, y = to_device(batch, trainer)
+            if method is None:
+                tally = tally + score_inference(task, task, module.predict_task(x, task), y, shared_labels=shared)
+                continue
+            result = method.infer(module.net, x, coeffs, num_classes=module.num_classes, classify=classify)
+            tally = tally + score_inference(task, result.task, result.logits.argmax(1), y, shared_labels=shared)
+        counts = torch.tensor([tally.correct, tally.total, tally.task_hits, tally.task_trials],
+                              dtype=torch.float64, device=module.device)
+        counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        return {"accuracy": float(counts[0] / counts[1]),
+                "task_accuracy": float(counts[2] / counts[3]) if counts[3] > 0 and method is not None else None}
 
     def _record(self, trainer: L.Trainer, module: L.LightningModule, seen: int, log: bool) -> None:
         report = self.evaluate(trainer, module, seen)
@@ -120,3 +171,18 @@ class TaskInferenceEvaluator(L.Callback):
         seen = int(pl_module.tasks_learned)
         if seen:
             self._record(trainer, pl_module, seen, log=False)
+
+
+def summarize(per_task: list[dict[str, Any]], module: L.LightningModule) -> dict[str, Any]:
+    """Means over the tasks, and the task-inference accuracy of impression and combination tasks apart
+    (one-shot's linear score can only pick the latter where its α sits on the masks the gradient favours)."""
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    kinds = {kind: [t["task_accuracy"] for task, t in enumerate(per_task) if t["task_accuracy"] is not None
+                    and (module.table.slot_of(task) is None) == (kind == "combination")]
+             for kind in ("impression", "combination")}
+    return {"per_task": per_task, "accuracy": mean([t["accuracy"] for t in per_task]),
+            "task_accuracy": mean([t["task_accuracy"] for t in per_task if t["task_accuracy"] is not None]),
+            "task_accuracy_impressions": mean(kinds["impression"]),
+            "task_accuracy_combinations": mean(kinds["combination"])}

@@ -59,3 +59,20 @@ def linear_task(direction: Tensor, flip: bool, seed: int, n_train: int = 512, n_
     y = ((x.flatten(1) @ direction) > 0).long()
     y = 1 - y if flip else y
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def fit_selection(net: torch.nn.Module, selection: object, params: list[Tensor], xs: Tensor, ys: Tensor, steps: int,
+                  lr: float, gen: torch.Generator, penalty: Callable[[], Tensor] | None = None) -> None:
+    """``steps`` Adam steps of cross-entropy (+ ``penalty()``) on random batches of 64 of ``(xs, ys)``,
+    training ``params`` of ``net`` run with ``selection`` (mask scores or α)."""
+    import torch.nn.functional as F
+
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        pick = torch.randint(0, len(xs), (64,), generator=gen)
+        loss = F.cross_entropy(net(xs[pick], selection), ys[pick])
+        if penalty is not None:
+            loss = loss + penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()

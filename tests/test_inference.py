@@ -18,6 +18,7 @@ from impress_lightning.inference import (
     superfluous_objective, superpose, superposed_logits_fn, uniform_beta,
 )
 from impress_lightning.nn import Combine, Impression, LearnMask, SupermaskNet, TopK, naive_combine, to_supermask
+from streams import fit_selection
 
 NUM_CLASSES, EXTRA_OUTPUTS = 10, 4
 K = 4  # impression tasks (pixel permutations of sklearn digits), each with its own trained mask
@@ -71,13 +72,7 @@ def stream(single_thread) -> Stream:
         else:
             alpha = torch.full((net.num_layers, K), 1.0 / K, requires_grad=True)
             params, selection = [alpha], Combine(alpha)
-        opt = torch.optim.Adam(params, lr=0.01 if task < K else 0.05)
-        for _ in range(TRAIN_STEPS):
-            pick = torch.randint(0, len(xs), (64,), generator=gen)
-            loss = F.cross_entropy(net(xs[pick], selection), ys[pick])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        fit_selection(net, selection, params, xs, ys, TRAIN_STEPS, 0.01 if task < K else 0.05, gen)
         if task < K:
             for layer in net.layers:
                 layer.bank.add(rule(layer.scores).detach())
@@ -298,6 +293,8 @@ def test_score_inference_gnu_and_gns() -> None:
     ({"strategy": "oracle"}, "strategy"), ({"objective": "H"}, "objective"), ({"num_examples": 0}, "num_examples"),
     ({"alpha_fit_lr": 0.0}, "alpha_fit_lr"), ({"alpha_fit_optimizer": "lbfgs"}, "alpha_fit_optimizer"),
     ({"alpha_fit_granularity": "layer"}, "alpha_fit_granularity"), ({"superposition_norm": "l2"}, "superposition_norm"),
+    ({"shortlist_size": 0}, "shortlist_size"), ({"shortlist_by": "gradient"}, "shortlist_by"),
+    ({"refine_steps": -1}, "refine_steps"), ({"strategy": "alpha_fit", "refine_steps": 2}, "refine_steps"),
 ])
 def test_bad_config_names_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):

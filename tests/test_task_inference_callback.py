@@ -57,3 +57,72 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
     L.Trainer(callbacks=[again], logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "test").test(
         fresh, dm)
     assert again.results["2"]["methods"] == final["methods"]
+
+
+INFERENCE_CONFIG = """
+trainer:
+  callbacks+:
+    - class_path: impress_lightning.callbacks.TaskInferenceEvaluator
+      init_args:
+        methods:
+          - {strategy: oneshot, objective: superfluous}
+          - {strategy: shortlist, objective: superfluous, shortlist_size: 2}
+          - {strategy: exhaustive, objective: superfluous}
+        batch_size: 32
+        max_batches_per_task: 2
+        seed: 3
+        every_task: false
+"""
+
+
+@pytest.mark.slow
+def test_superfluous_objective_through_the_cli_and_a_seeded_rerun_on_the_checkpoint(tmp_path):
+    from test_cli import QUICKSTART, tiny_fit_args
+
+    from impress_lightning.cli import main
+
+    config = tmp_path / "inference.yaml"
+    config.write_text(INFERENCE_CONFIG)
+    main(tiny_fit_args(tmp_path, "--config", str(config), "--model.extra_outputs", "4"))
+    run = tmp_path / "quickstart"
+    fit_report = json.loads((run / "task_inference.json").read_text())["2"]
+    assert fit_report["batches"] == {"size": 32, "shuffle": True, "seed": 3}
+    methods = fit_report["methods"]
+    assert sorted(methods) == ["exhaustive-superfluous", "oneshot-superfluous", "shortlist-superfluous-taylor-m2"]
+    for summary in methods.values():
+        assert 0.0 <= summary["task_accuracy"] <= 1.0 and 0.0 <= summary["accuracy"] <= 1.0
+    assert fit_report["task_given_accuracy"] > 0.25  # above chance (0.1) after the tiny fit; 14 head outputs
+
+    # `test` on the checkpoint draws the same seeded batches: the same report, number for number.
+    main(["test", "--config", QUICKSTART, "--config", str(config), "--trainer.logger.init_args.save_dir",
+          str(tmp_path), "--trainer.enable_progress_bar", "false", "--data.init_args.num_tasks", "3",
+          "--model.num_impressions", "2", "--model.extra_outputs", "4",
+          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert json.loads((run / "test" / "task_inference.json").read_text())["2"] == fit_report
+
+    # Without extra outputs the objective is refused before anything trains.
+    with pytest.raises(ValueError, match="extra_outputs"):
+        main(tiny_fit_args(tmp_path / "none", "--config", str(config)))
+    assert not (tmp_path / "none" / "quickstart" / "checkpoints").exists()
+
+
+def test_evaluation_batches_are_a_seeded_shuffle_of_each_task():
+    from types import SimpleNamespace
+
+    dm = TaskSequenceDataModule(dataset="digits", family="permute", num_tasks=2, batch_size=64, seed=0)
+    dm.setup("test")
+    trainer = SimpleNamespace(datamodule=dm, world_size=1)
+
+    def labels(evaluator: TaskInferenceEvaluator, task: int) -> list[torch.Tensor]:
+        return [y for _, y in evaluator.task_loader(trainer, task)]
+
+    ordered = torch.cat(labels(TaskInferenceEvaluator(batch_size=50, shuffle=False), 0))
+    first = labels(TaskInferenceEvaluator(batch_size=50, seed=0), 0)
+    again = labels(TaskInferenceEvaluator(batch_size=50), 0)
+    assert len(first[0]) == 50 and all(torch.equal(a, b) for a, b in zip(first, again))  # a rerun: same batches
+    shuffled = torch.cat(first)
+    assert not torch.equal(shuffled, ordered) and torch.equal(shuffled.sort().values, ordered.sort().values)
+    assert not torch.equal(torch.cat(labels(TaskInferenceEvaluator(batch_size=50, seed=1), 0)), shuffled)
+    assert not torch.equal(torch.cat(labels(TaskInferenceEvaluator(batch_size=50), 1)), shuffled)  # per task
+    with pytest.raises(ValueError, match="batch_size"):
+        TaskInferenceEvaluator(batch_size=0)

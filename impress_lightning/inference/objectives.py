@@ -47,9 +47,29 @@ def superfluous_objective(logits: Tensor, num_classes: int | None = None) -> Ten
     return z.logsumexp(dim=1).mean()
 
 
+def superfluous_score(logits: Tensor, num_classes: int | None = None) -> Tensor:
+    """G's value for comparing tasks: the mean log-probability mass on the extra, never-labelled outputs.
+
+    ``superfluous_objective``'s own value (a logsumexp over all outputs) grows with the real-class logits, so
+    it cannot rank tasks by their exact outputs; training pushed the extra outputs' share of the softmax down
+    under the right task's weights, and that share is what this measures (smaller = likelier).
+    """
+    n = _real_classes(logits, num_classes)
+    if logits.shape[1] <= n:
+        superfluous_objective(logits, num_classes)  # raises its one-line error
+    return (logits[:, n:].logsumexp(dim=1) - logits.logsumexp(dim=1)).mean()
+
+
 def get_objective(name: str) -> Objective:
     """The objective called ``name`` ("entropy" = H, "superfluous" = G)."""
     objectives: dict[str, Objective] = {"entropy": entropy_objective, "superfluous": superfluous_objective}
     if name not in objectives:
         raise ValueError(f"objective={name!r} is unknown; choose one of {sorted(objectives)}")
     return objectives[name]
+
+
+def get_score(name: str) -> Objective:
+    """How the objective called ``name`` ranks tasks by their exact logits (verification, exhaustive search):
+    H itself for "entropy", :func:`superfluous_score` for "superfluous"."""
+    get_objective(name)  # validates the name
+    return superfluous_score if name == "superfluous" else entropy_objective

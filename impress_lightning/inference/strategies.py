@@ -5,14 +5,17 @@ superposition is computed (K-space ``Combine``, an explicit float stack, a test 
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from impress_lightning.inference.superposition import TaskCoeffs, displacement_dots, parent_slots, slot_point
+
 LogitsFn = Callable[[Tensor], Tensor]
 ScalarFn = Callable[[Tensor], Tensor]
 OptimizerName = Literal["adam", "sgd"]
+Alpha = Union[Tensor, tuple[Tensor, ...]]  # one tensor, or one per masked layer (what ``Combine`` takes)
 
 
 def beta_gradient(logits_fn: LogitsFn, beta: Tensor, objective: ScalarFn) -> Tensor:
@@ -50,20 +53,64 @@ def binary(logits_fn: LogitsFn, num_tasks: int, objective: ScalarFn, dtype: torc
     return int(remaining[0])
 
 
-def norm_penalty(alpha: Tensor) -> Tensor:
-    """``Σ_l (‖α_l‖₁ − 1)²`` (one term for a global α): the α regulariser of METHOD.md §4."""
+def taylor_estimates(combined_fn: Callable[[Alpha], Tensor], task_coeffs: TaskCoeffs, objective: ScalarFn) -> Tensor:
+    """``[T]`` first-order estimates of every task's exact objective: for each bank slot k that is some task's
+    main impression, one pass at the one-hot point e_k gives the objective and its gradient g_k, and a task
+    whose main impression is k gets ``objective(e_k) + <A_t − e_k, g_k>``.
+
+    Unlike the one-shot score (one linearisation at the superposition of all tasks, where a mixture always
+    scores between its impressions) each task is linearised next to where it lies, so a combination that
+    moved its impression's coefficients the right way ranks above it. Costs one pass per used slot: O(n)
+    whatever T for ImpressLearn (n = K), O(T) for dedicated masks.
+    """
+    parents = parent_slots(task_coeffs)
+    estimates = torch.empty(parents.shape, dtype=torch.float64)
+    for slot in parents.unique().tolist():
+        point = slot_point(task_coeffs, slot)
+        leaves = [p.requires_grad_(True) for p in ((point,) if torch.is_tensor(point) else point)]
+        value = objective(combined_fn(leaves[0] if torch.is_tensor(point) else tuple(leaves)))
+        grads = torch.autograd.grad(value, leaves)
+        estimate = value.detach() + displacement_dots(task_coeffs, point if torch.is_tensor(point) else tuple(
+            p.detach() for p in leaves), grads[0] if torch.is_tensor(point) else grads)
+        mine = (parents == slot).cpu()
+        estimates[mine] = estimate.detach().double().cpu()[mine]
+    return estimates
+
+
+def verify(candidates: Sequence[int], logits_of: Callable[[int], Tensor],
+           score: ScalarFn) -> tuple[int, Tensor, Tensor]:
+    """Exact check of a shortlist: each candidate's ``score`` on its own logits (its own weights, not a
+    superposition). Returns the index into ``candidates`` of the smallest score, that candidate's logits and
+    every candidate's score."""
+    if not candidates:
+        raise ValueError("verify needs at least one candidate task")
+    best, best_logits, scores = 0, None, []
+    for i, candidate in enumerate(candidates):
+        logits = logits_of(candidate)
+        scores.append(score(logits))
+        if best_logits is None or scores[-1] < scores[best]:
+            best, best_logits = i, logits
+    return best, best_logits, torch.stack(scores)
+
+
+def norm_penalty(alpha: Alpha) -> Tensor:
+    """``Σ_rows (‖α_row‖₁ − 1)²`` over every row of coefficients (one row for a global α): the α regulariser
+    of METHOD.md §4 (per-layer tensors: every layer's, or every output neuron's, row)."""
+    if not torch.is_tensor(alpha):
+        return sum(norm_penalty(a) for a in alpha)
     return (alpha.abs().sum(dim=-1) - 1.0).pow(2).sum()
 
 
-def fit_alpha(logits_fn: LogitsFn, init: Tensor, objective: ScalarFn, steps: int, lr: float,
-              optimizer: OptimizerName = "adam", reg: float = 0.0) -> Tensor:
-    """ImpressLearn α-fit: ``steps`` optimiser steps on ``objective(logits_fn(α)) + reg · norm_penalty(α)``
-    starting from ``init``; returns the fitted α (detached)."""
-    alpha = init.detach().clone().requires_grad_(True)
+def fit_alpha(logits_fn: Callable[[Alpha], Tensor], init: Alpha, objective: ScalarFn, steps: int, lr: float,
+              optimizer: OptimizerName = "adam", reg: float = 0.0) -> Alpha:
+    """``steps`` optimiser steps on ``objective(logits_fn(α)) + reg · norm_penalty(α)`` from ``init`` (a fresh
+    α for α-fit, or a chosen task's coefficients to refine); returns the fitted α (detached, same structure)."""
+    leaves = [a.detach().clone().requires_grad_(True) for a in ([init] if torch.is_tensor(init) else init)]
+    alpha = leaves[0] if torch.is_tensor(init) else tuple(leaves)
     if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam([alpha], lr=lr)
+        opt: torch.optim.Optimizer = torch.optim.Adam(leaves, lr=lr)
     elif optimizer == "sgd":
-        opt = torch.optim.SGD([alpha], lr=lr)
+        opt = torch.optim.SGD(leaves, lr=lr)
     else:
         raise ValueError(f"alpha_fit_optimizer={optimizer!r} is unknown; choose 'adam' or 'sgd'")
     for _ in range(steps):
@@ -71,6 +118,7 @@ def fit_alpha(logits_fn: LogitsFn, init: Tensor, objective: ScalarFn, steps: int
         if reg:
             loss = loss + reg * norm_penalty(alpha)
         # autograd.grad rather than backward(): only α may receive a gradient, never the net's parameters.
-        (alpha.grad,) = torch.autograd.grad(loss, alpha)
+        for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves)):
+            leaf.grad = grad
         opt.step()
-    return alpha.detach()
+    return alpha.detach() if torch.is_tensor(alpha) else tuple(a.detach() for a in alpha)

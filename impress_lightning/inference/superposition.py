@@ -63,6 +63,38 @@ def superpose(beta: Tensor, task_coeffs: TaskCoeffs) -> Tensor | tuple[Tensor, .
     return (beta.to(task_coeffs.dtype) @ task_coeffs.flatten(1)).view(task_coeffs.shape[1:])
 
 
+def _layers(task_coeffs: TaskCoeffs) -> tuple[Tensor, ...]:
+    return (task_coeffs,) if torch.is_tensor(task_coeffs) else tuple(task_coeffs)
+
+
+def parent_slots(task_coeffs: TaskCoeffs) -> Tensor:
+    """``[T]``: for every task the bank slot with the largest share of its coefficients (the mean over layers
+    and rows of ``|α_k| / ‖α‖₁``): an impression task's own slot, a combination task's main impression."""
+    layers = _layers(task_coeffs)
+    n = layers[0].shape[-1]
+    share = sum((r.abs() / r.abs().sum(-1, keepdim=True).clamp_min(1e-12)).reshape(r.shape[0], -1, n).mean(1)
+                for r in layers)
+    return share.argmax(dim=1)
+
+
+def slot_point(task_coeffs: TaskCoeffs, slot: int) -> Tensor | tuple[Tensor, ...]:
+    """The coefficients, shaped like one task's, that select bank slot ``slot`` alone (one-hot rows)."""
+    def one_hot(r: Tensor) -> Tensor:
+        point = torch.zeros(r.shape[1:], dtype=r.dtype, device=r.device)
+        point[..., slot] = 1.0
+        return point
+
+    return one_hot(task_coeffs) if torch.is_tensor(task_coeffs) else tuple(one_hot(r) for r in task_coeffs)
+
+
+def displacement_dots(task_coeffs: TaskCoeffs, point: Tensor | tuple[Tensor, ...],
+                      grads: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """``[T]``: ``Σ <A_t − point, grad>`` over every layer's coefficients (first-order change from ``point``)."""
+    points, gs = (point,) if torch.is_tensor(point) else point, (grads,) if torch.is_tensor(grads) else grads
+    return sum(((r - p.unsqueeze(0)) * g.unsqueeze(0)).reshape(r.shape[0], -1).sum(1)
+               for r, p, g in zip(_layers(task_coeffs), points, gs))
+
+
 def normalize_rows(task_coeffs: TaskCoeffs) -> TaskCoeffs:
     """Scale every task's coefficient row (per layer) to unit L1 norm; one-hot rows are unchanged.
 

@@ -58,7 +58,10 @@ class SupermaskLayer(nn.Module):
         """Lookup codes of the first ``n`` bank masks, rebuilt only when the bank or device changed."""
         key = (n, self.weight.device, self.bank.version_token())
         if self._planes is None or self._planes[0] != key:
-            planes = build_code_planes(self.bank.masks(n), (self.weight < 0).flatten())
+            # Never as inference tensors: a cache filled in a `test` loop must still serve the gradient
+            # passes of task inference that follow it.
+            with torch.inference_mode(False):
+                planes = build_code_planes(self.bank.masks(n), (self.weight < 0).flatten())
             self._planes = (key, planes)
         return self._planes[1]
 
