@@ -87,7 +87,7 @@ def test_tensor_file_from_bank_and_from_checkpoint_agree_with_the_module(trained
     assert [r["input"] for r in from_bank] == [f"x.pt[{i}]" for i in range(10)]
 
 
-@pytest.mark.parametrize("strategy", ["oneshot", "binary"])
+@pytest.mark.parametrize("strategy", ["oneshot", "binary", "shortlist", "exhaustive"])
 def test_inferred_task_classifies_the_batch_with_that_task(trained, tmp_path, strategy):
     x = next(iter(trained.dm.eval_dataloader(1)))[0][:16]
     torch.save(x, tmp_path / "x.pt")

@@ -15,7 +15,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, get_args
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from impress_lightning.atomic import atomic_write
 from impress_lightning.bank_model import TaskBankModel
 from impress_lightning.commands import COMMANDS
 from impress_lightning.data import NormalizeCollate
+from impress_lightning.inference.task_inference import StrategyName
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _PIL_MODES = {1: "L", 3: "RGB"}
@@ -185,8 +186,8 @@ def build_parser() -> ArgumentParser:
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--task", type=int, help="task id to predict with")
     how.add_argument("--infer", action="store_true", help="infer the task of every batch (no task id)")
-    parser.add_argument("--strategy", default="oneshot", choices=["oneshot", "binary", "alpha_fit"],
-                        help="task-inference strategy (with --infer)")
+    parser.add_argument("--strategy", default="oneshot", choices=list(get_args(StrategyName)),
+                        help="task-inference strategy (with --infer; see docs/task_inference.md)")
     parser.add_argument("--objective", default="entropy", choices=["entropy", "superfluous"],
                         help="task-inference objective (with --infer)")
     parser.add_argument("--infer_examples", type=int, default=None,
