@@ -176,7 +176,7 @@ class RetentionEvaluator(L.Callback):
         """Forward transfer (``metrics.forward_transfer``): "before training task j" is the best single
         impression's accuracy on j, the reference is chance, 1/num_classes (what a model that never saw task
         j scores in expectation). None until a task with stored impressions before it is done."""
-        ahead = [list(row) for row in self.matrix]
+        ahead = latest_measured(self.matrix)  # with old_tasks, unevaluated old cells read their latest value
         for j, best in enumerate(self.best_impression[: len(ahead)]):
             if j > 0 and best is not None:
                 ahead[j - 1][j] = best["accuracy"]

@@ -59,7 +59,11 @@ def test_a_stream_with_old_tasks_leaves_gaps_and_ends_with_a_full_row(tmp_path) 
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[evaluator], default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(module, datamodule=TensorStream(tasks))
-    R = json.loads((tmp_path / "retention.json").read_text())["accuracy_matrix"]
+    summary = json.loads((tmp_path / "retention.json").read_text())
+    R = summary["accuracy_matrix"]
+    # forward transfer reads the best single impression ahead of each task, whatever the gaps below
+    best = [t["best_impression_accuracy"] for t in summary["tasks"][1:]]
+    assert summary["fwt"] == pytest.approx(sum(b - 0.5 for b in best) / len(best))
     measured = [[j for j, v in enumerate(row) if v is not None] for row in R]
     assert measured == [[0], [0, 1], [0, 2], [1, 3], [0, 1, 2, 3, 4]]
     # zero forgetting: every re-measurement of a task equals its first one, so the filled metrics are exact
