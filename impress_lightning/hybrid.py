@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 from impress_lightning.nn import Masked
@@ -47,25 +46,15 @@ class HybridHead:
         return f"HybridHead(epochs={self.epochs}, validation_batches={self.validation_batches}, min_gain={self.min_gain})"
 
 
-@torch.no_grad()
 def decide_head(module: ImpressLearnModule, task: int, head_mask: Tensor) -> bool:
     """Compare combination ``task`` with and without ``head_mask`` on its validation examples, record the
     outcome in the task table and return whether the head mask is kept."""
-    from impress_lightning.stages import probe_batches
+    from impress_lightning.stages import probe_accuracy
 
     hybrid: HybridHead = module.hybrid_head
     table = module.table
-    candidates = (table.selection(task), table.with_head(task, Masked(head_mask)))
-    correct, total = [0.0, 0.0], 0
-    was_training = module.training
-    module.eval()
-    for x, y in probe_batches(module, task, hybrid.validation_batches):
-        for i, selection in enumerate(candidates):
-            logits = module.net(x, selection, bn_task=task)[:, : module.num_classes]
-            correct[i] += float((logits.argmax(1) == y).sum())
-        total += y.numel()
-    module.train(was_training)
-    combination, with_head = (c / max(total, 1) for c in correct)
+    candidates = [table.selection(task), table.with_head(task, Masked(head_mask))]
+    combination, with_head = probe_accuracy(module, task, candidates, hybrid.validation_batches, bn_task=task)
     kept = hybrid.keeps(combination, with_head)
     table.record_head(task, head_mask, kept, combination, with_head)
     return kept

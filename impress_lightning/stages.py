@@ -6,12 +6,12 @@ data), and it runs again after a resume at a task's first epoch with the same re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from impress_lightning.nn import Impression
+from impress_lightning.nn import Impression, Selection
 from impress_lightning.schedule import Stage
 
 if TYPE_CHECKING:
@@ -41,21 +41,27 @@ def probe_batches(module: ImpressLearnModule, task: int, count: int) -> Iterator
 
 
 @torch.no_grad()
-def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:
-    """Accuracy of every stored impression, used alone, on ``task``'s probe examples; BN layers normalise
-    with the batch's own statistics (the task has none yet)."""
-    stored = module.bank_size
-    correct, total = torch.zeros(stored, dtype=torch.float64), 0
+def probe_accuracy(module: ImpressLearnModule, task: int, selections: Sequence[Selection], batches: int,
+                   bn_task: int | str | None) -> list[float]:
+    """Accuracy of each of ``selections`` on the first ``batches`` batches of ``task``'s probe examples, in
+    eval mode (``bn_task`` as in :meth:`SupermaskNet.forward`)."""
+    correct, total = torch.zeros(len(selections), dtype=torch.float64), 0
     was_training = module.training
     module.eval()
-    bn = "batch" if module.net.bn_names else None
-    for x, y in probe_batches(module, task, module.hparams.probe_batches):
-        for slot in range(stored):
-            logits = module.net(x, Impression(slot), bn_task=bn)[:, : module.num_classes]
-            correct[slot] += float((logits.argmax(1) == y).sum())
+    for x, y in probe_batches(module, task, batches):
+        for i, selection in enumerate(selections):
+            logits = module.net(x, selection, bn_task=bn_task)[:, : module.num_classes]
+            correct[i] += float((logits.argmax(1) == y).sum())
         total += y.numel()
     module.train(was_training)
     return (correct / max(total, 1)).tolist()
+
+
+def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:
+    """Accuracy of every stored impression, used alone, on ``task``'s probe examples; BN layers normalise
+    with the batch's own statistics (the task has none yet)."""
+    return probe_accuracy(module, task, [Impression(slot) for slot in range(module.bank_size)],
+                          module.hparams.probe_batches, "batch" if module.net.bn_names else None)
 
 
 def start_stage(module: ImpressLearnModule, stage: Stage) -> None:
