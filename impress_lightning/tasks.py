@@ -10,7 +10,7 @@ evaluates a task, its K-space coefficient rows, what it stores, and the coeffici
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -87,6 +87,15 @@ class TaskTable(nn.Module):
         self.register_buffer("head_masks", torch.zeros(len(slots) if hybrid_heads else 0, *head, dtype=torch.bool))
         self.register_buffer("head_kept", torch.zeros(len(slots), dtype=torch.bool))
         self.register_buffer("head_validation", torch.full((len(slots), 2), -1.0))
+
+    # Buffers newer than the first checkpoints: a checkpoint written before one existed loads it with the value
+    # that means "never used" (no hybrid head was possible then), so older runs stay testable and resumable.
+    _LATER_BUFFERS = ("head_masks", "head_kept", "head_validation")
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in self._LATER_BUFFERS:
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----- placement ---------------------------------------------------------------------------------------
     @property
