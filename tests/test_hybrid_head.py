@@ -128,3 +128,22 @@ def test_the_non_finite_guard_watches_the_head_scores_during_a_head_stage():
     head_stage = module.schedule.stages[-1]
     assert head_stage.kind == "head"
     assert NonFiniteGuard.learned_values(module, head_stage) == [module.net.layers[-1].scores]
+
+
+@pytest.mark.parametrize("hybrid_heads", [False, True])
+def test_a_checkpoint_written_before_hybrid_heads_existed_still_loads(hybrid_heads):
+    from impress_lightning.tasks import TaskTable
+
+    shapes = [(8, 4), (3, 8)]
+    old = TaskTable([0, -1, -1], 1, PerLayer(), shapes).state_dict()
+    for name in ("head_masks", "head_kept", "head_validation"):
+        del old[name]  # what a checkpoint of the code before hybrid heads holds
+    old["coefficients.1"] = torch.full_like(old["coefficients.1"], 0.5)
+    table = TaskTable([0, -1, -1], 1, PerLayer(), shapes, hybrid_heads=hybrid_heads)
+    table.load_state_dict(old)  # strict: every other key must still match
+    assert not table.head_kept.any() and (table.head_validation == -1).all()
+    assert table.head_masks.shape[0] == (3 if hybrid_heads else 0)
+    assert torch.equal(table.coefficients[1].detach(), old["coefficients.1"])
+    with pytest.raises(RuntimeError, match="slots"):
+        del old["slots"]
+        TaskTable([0, -1, -1], 1, PerLayer(), shapes).load_state_dict(old)
