@@ -21,7 +21,7 @@ class TaskInferenceEvaluator(L.Callback):
     inferred from each test batch, next to the task-id-given accuracy of ``RetentionEvaluator``.
 
     Per method it records, for every seen task, the task-inference accuracy (batches whose task was
-    inferred right; α-fit makes no discrete choice) and the accuracy with inferred ids. Labels are "shared"
+    inferred right) and the accuracy with inferred ids. Labels are "shared"
     (GNs: permuted / rotated tasks, all digits 0-9) or "unshared" (GNu: class splits; a batch whose task is
     inferred wrongly counts as all wrong). Writes ``task_inference.json`` into the run directory.
 
@@ -64,8 +64,7 @@ class TaskInferenceEvaluator(L.Callback):
         name = f"{method.strategy}-{method.objective}"
         if method.strategy == "shortlist":
             name += f"-{method.shortlist_by}-m{method.shortlist_size}"
-        if method.refine_steps:
-            name += f"-refine{method.refine_steps}"
+            name += f"-near{method.shortlist_neighbours}" if method.shortlist_neighbours else ""
         return name + (f"-n{method.num_examples}" if method.num_examples else "")
 
     def task_loader(self, trainer: L.Trainer, task: int) -> DataLoader:

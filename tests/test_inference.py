@@ -14,8 +14,8 @@ from torch.func import functional_call
 
 from impress_lightning.backbones import build_backbone
 from impress_lightning.inference import (
-    InferenceTally, TaskInference, beta_gradient, binary, entropy_objective, get_objective, score_inference,
-    superfluous_objective, superpose, superposed_logits_fn, uniform_beta,
+    InferenceTally, TaskInference, beta_gradient, binary, climb_neighbours, entropy_objective, get_objective,
+    score_inference, superfluous_objective, superpose, superposed_logits_fn, uniform_beta,
 )
 from impress_lightning.nn import Combine, Impression, LearnMask, SupermaskNet, TopK, naive_combine, to_supermask
 from streams import fit_selection
@@ -127,26 +127,6 @@ def test_kspace_one_shot_over_all_seen_tasks(stream: Stream, strategy: str, obje
     for task in range(K):
         result = inference.infer(stream.net, stream.batches[task][0], stream.coeffs, num_classes=NUM_CLASSES)
         assert result.task == task
-
-
-@pytest.mark.slow  # shares the ~6 s trained-stream fixture
-def test_alpha_fit_classifies_without_a_task_choice(stream: Stream) -> None:
-    fitted, uniform = TaskInference(strategy="alpha_fit"), TaskInference(strategy="alpha_fit", alpha_fit_steps=0)
-    for task in range(K):
-        x, y = stream.batches[task]
-        result = fitted.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES)
-        assert result.task is None and result.alpha.shape == (stream.net.num_layers, K)
-        before = _accuracy(uniform.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES).logits, y)
-        after = _accuracy(result.logits, y)
-        assert after > 0.8 and after > before + 0.2
-        assert int(result.alpha.sum(0).argmax()) == task  # the fit leans on the task's own impression
-
-
-@pytest.mark.slow  # shares the ~6 s trained-stream fixture
-def test_alpha_fit_global_granularity_and_sgd(stream: Stream) -> None:
-    inference = TaskInference(strategy="alpha_fit", alpha_fit_granularity="global", alpha_fit_optimizer="sgd")
-    result = inference.infer(stream.net, stream.batches[0][0], stream.coeffs, num_classes=NUM_CLASSES)
-    assert result.alpha.shape == (K,) and not torch.equal(result.alpha, torch.full((K,), 1.0 / K))
 
 
 @pytest.mark.slow  # shares the ~6 s trained-stream fixture
@@ -283,18 +263,30 @@ def test_score_inference_gnu_and_gns() -> None:
     assert score_inference(2, 2, preds, y, shared_labels=False) == InferenceTally(1, 1, 2, 4)
     assert score_inference(2, 3, preds, y, shared_labels=False) == InferenceTally(0, 1, 0, 4)
     assert score_inference(2, 3, preds, y, shared_labels=True) == InferenceTally(0, 1, 2, 4)
-    assert score_inference(2, None, preds, y, shared_labels=False) == InferenceTally(0, 0, 2, 4)
     total = score_inference(2, 2, preds, y, shared_labels=False) + score_inference(2, 3, preds, y, shared_labels=False)
     assert total.task_accuracy == 0.5 and total.accuracy == 0.25
     assert math.isnan(InferenceTally().accuracy) and math.isnan(InferenceTally().task_accuracy)
 
 
+def test_the_neighbour_climb_walks_downhill_through_nearest_tasks_only() -> None:
+    # 40 tasks on a line in coefficient space; the exact score is the distance to task 7 (one minimum) or
+    # has a second, deeper basin at 30 that the climb from 0 never reaches (it is local, never O(T)).
+    coeffs = torch.arange(40, dtype=torch.float32).view(40, 1, 1)
+    logits_of = lambda row: torch.tensor([[float(row)]])  # noqa: E731
+    for score, found in ((lambda z: (z - 7).abs().sum(), 7),
+                         (lambda z: torch.minimum((z - 7).abs(), (z - 30).abs() - 1).sum(), 7)):
+        checked = {0: score(logits_of(0))}
+        best, logits = climb_neighbours(coeffs, checked, 0, logits_of(0), 2, logits_of, score)
+        assert best == found and float(logits) == float(found)
+        assert sorted(checked) == list(range(11))  # 0, then 1-2, 3-4, 5-6, 7-8; 9-10 are no better than 7
+        assert all(torch.equal(checked[t], score(logits_of(t))) for t in checked)
+
+
 @pytest.mark.parametrize("kwargs,field", [
     ({"strategy": "oracle"}, "strategy"), ({"objective": "H"}, "objective"), ({"num_examples": 0}, "num_examples"),
-    ({"alpha_fit_lr": 0.0}, "alpha_fit_lr"), ({"alpha_fit_optimizer": "lbfgs"}, "alpha_fit_optimizer"),
-    ({"alpha_fit_granularity": "layer"}, "alpha_fit_granularity"), ({"superposition_norm": "l2"}, "superposition_norm"),
-    ({"shortlist_size": 0}, "shortlist_size"), ({"shortlist_by": "gradient"}, "shortlist_by"),
-    ({"refine_steps": -1}, "refine_steps"), ({"strategy": "alpha_fit", "refine_steps": 2}, "refine_steps"),
+    ({"superposition_norm": "l2"}, "superposition_norm"), ({"shortlist_size": 0}, "shortlist_size"),
+    ({"shortlist_by": "gradient"}, "shortlist_by"), ({"shortlist_neighbours": -1}, "shortlist_neighbours"),
+    ({"strategy": "alpha_fit"}, "strategy"),
 ])
 def test_bad_config_names_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):

@@ -102,16 +102,6 @@ def test_inferred_task_classifies_the_batch_with_that_task(trained, tmp_path, st
     assert [int(r["label"]) for r in rows] == [trained.dm.label_maps[task][int(r["output"])] for r in rows]
 
 
-def test_alpha_fit_reports_no_task_and_raw_outputs_when_label_maps_differ(trained, tmp_path):
-    x = next(iter(trained.dm.eval_dataloader(0)))[0][:8]
-    torch.save(x, tmp_path / "x.pt")
-    predict("--bank", trained.bank, "--input", tmp_path / "x.pt", "--infer", "--strategy", "alpha_fit",
-            "--output", tmp_path / "p.json")
-    rows = json.loads((tmp_path / "p.json").read_text())
-    assert {r["task"] for r in rows} == {"alpha_fit"}
-    assert all(r["label"] == r["output"] and 0 <= r["output"] < 3 for r in rows)
-
-
 def test_predict_errors_are_one_line(trained, tmp_path):
     torch.save(torch.randn(2, 3, 8, 8), tmp_path / "wrong.pt")
     with pytest.raises(SystemExit, match=r"must hold one float tensor \[N, 1, 8, 8\]"):

@@ -88,7 +88,7 @@ def test_superfluous_objective_through_the_cli_and_a_seeded_rerun_on_the_checkpo
     fit_report = json.loads((run / "task_inference.json").read_text())["2"]
     assert fit_report["batches"] == {"size": 32, "shuffle": True, "seed": 3}
     methods = fit_report["methods"]
-    assert sorted(methods) == ["exhaustive-superfluous", "oneshot-superfluous", "shortlist-superfluous-taylor-m2"]
+    assert sorted(methods) == ["exhaustive-superfluous", "oneshot-superfluous", "shortlist-superfluous-taylor-m2-near2"]
     for summary in methods.values():
         assert 0.0 <= summary["task_accuracy"] <= 1.0 and 0.0 <= summary["accuracy"] <= 1.0
     assert fit_report["task_given_accuracy"] > 0.25  # above chance (0.1) after the tiny fit; 14 head outputs

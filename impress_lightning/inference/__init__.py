@@ -1,13 +1,13 @@
 """Task inference without task ids (METHOD.md §5-6): SupSup one-shot / binary over a K-space
 superposition of the learned tasks, the shortlist (Taylor ranking + exact check, flat in T) and exhaustive
-searches, and ImpressLearn's α-fit. No Lightning here."""
+searches, and the hill climb that repairs a shortlist's near misses. No Lightning here."""
 
 from impress_lightning.inference.accuracy import InferenceTally, score_inference
 from impress_lightning.inference.objectives import (
     entropy_objective, get_objective, get_score, superfluous_objective, superfluous_score,
 )
 from impress_lightning.inference.strategies import (
-    beta_gradient, binary, fit_alpha, norm_penalty, one_shot, uniform_beta, verify,
+    beta_gradient, binary, climb_neighbours, one_shot, uniform_beta, verify,
 )
 from impress_lightning.inference.superposition import (
     check_task_coeffs, combination_logits_fn, normalize_rows, superpose, superposed_logits_fn,
@@ -16,7 +16,7 @@ from impress_lightning.inference.task_inference import InferenceResult, TaskInfe
 
 __all__ = [
     "InferenceResult", "InferenceTally", "TaskInference", "beta_gradient", "binary", "check_task_coeffs",
-    "combination_logits_fn", "entropy_objective", "fit_alpha", "get_objective", "get_score", "norm_penalty",
+    "climb_neighbours", "combination_logits_fn", "entropy_objective", "get_objective", "get_score",
     "normalize_rows", "one_shot", "score_inference", "superfluous_objective", "superfluous_score", "superpose",
     "superposed_logits_fn", "uniform_beta", "verify",
 ]

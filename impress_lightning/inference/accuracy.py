@@ -14,7 +14,7 @@ class InferenceTally:
 
     Attributes:
         task_hits: batches whose task was inferred correctly.
-        task_trials: batches with a discrete task choice (α-fit batches make none and are not counted).
+        task_trials: batches whose task was inferred.
         correct: examples classified correctly with the inferred task.
         total: examples seen.
     """
@@ -30,7 +30,7 @@ class InferenceTally:
 
     @property
     def task_accuracy(self) -> float:
-        """Fraction of batches whose task was inferred correctly (nan when no discrete choice was made)."""
+        """Fraction of batches whose task was inferred correctly (nan before any batch)."""
         return self.task_hits / self.task_trials if self.task_trials else math.nan
 
     @property
@@ -39,21 +39,17 @@ class InferenceTally:
         return self.correct / self.total if self.total else math.nan
 
 
-def score_inference(true_task: int, inferred_task: int | None, preds: Tensor, y: Tensor, *,
+def score_inference(true_task: int, inferred_task: int, preds: Tensor, y: Tensor, *,
                     shared_labels: bool) -> InferenceTally:
     """Tally one single-task batch.
 
     With unshared labels (GNu: each task has its own label space) a wrongly inferred task makes every
     prediction meaningless, so the whole batch counts as wrong. With shared labels (GNs) the predictions
-    are scored as they are. α-fit (``inferred_task=None``) makes no discrete choice: its predictions are
-    scored as they are and no task trial is counted.
+    are scored as they are.
     """
     if preds.shape != y.shape:
         raise ValueError(f"preds {tuple(preds.shape)} and y {tuple(y.shape)} must have the same shape")
     total = y.numel()
-    hit = inferred_task is not None and int(inferred_task) == int(true_task)
-    correct = int((preds == y).sum())
-    if inferred_task is not None and not hit and not shared_labels:
-        correct = 0
-    trials = int(inferred_task is not None)
-    return InferenceTally(int(hit), trials, correct, total)
+    hit = int(inferred_task) == int(true_task)
+    correct = int((preds == y).sum()) if hit or shared_labels else 0
+    return InferenceTally(int(hit), 1, correct, total)

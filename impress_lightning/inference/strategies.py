@@ -5,16 +5,17 @@ superposition is computed (K-space ``Combine``, an explicit float stack, a test 
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from impress_lightning.inference.superposition import TaskCoeffs, displacement_dots, parent_slots, slot_point
+from impress_lightning.inference.superposition import (
+    TaskCoeffs, coefficient_distances, displacement_dots, parent_slots, slot_point,
+)
 
 LogitsFn = Callable[[Tensor], Tensor]
 ScalarFn = Callable[[Tensor], Tensor]
-OptimizerName = Literal["adam", "sgd"]
 Alpha = Union[Tensor, tuple[Tensor, ...]]  # one tensor, or one per masked layer (what ``Combine`` takes)
 
 
@@ -93,32 +94,25 @@ def verify(candidates: Sequence[int], logits_of: Callable[[int], Tensor],
     return best, best_logits, torch.stack(scores)
 
 
-def norm_penalty(alpha: Alpha) -> Tensor:
-    """``Σ_rows (‖α_row‖₁ − 1)²`` over every row of coefficients (one row for a global α): the α regulariser
-    of METHOD.md §4 (per-layer tensors: every layer's, or every output neuron's, row)."""
-    if not torch.is_tensor(alpha):
-        return sum(norm_penalty(a) for a in alpha)
-    return (alpha.abs().sum(dim=-1) - 1.0).pow(2).sum()
+def climb_neighbours(task_coeffs: TaskCoeffs, checked: dict[int, Tensor], best: int, best_logits: Tensor,
+                     neighbours: int, logits_of: Callable[[int], Tensor],
+                     score: ScalarFn) -> tuple[int, Tensor]:
+    """Hill climbing from a verified shortlist: check the ``neighbours`` tasks nearest to the best task in
+    coefficient space (:func:`coefficient_distances`) that are not checked yet; move to the best of them if
+    it scores lower and repeat, else stop.
 
-
-def fit_alpha(logits_fn: Callable[[Alpha], Tensor], init: Alpha, objective: ScalarFn, steps: int, lr: float,
-              optimizer: OptimizerName = "adam", reg: float = 0.0) -> Alpha:
-    """``steps`` optimiser steps on ``objective(logits_fn(α)) + reg · norm_penalty(α)`` from ``init`` (a fresh
-    α for α-fit, or a chosen task's coefficients to refine); returns the fitted α (detached, same structure)."""
-    leaves = [a.detach().clone().requires_grad_(True) for a in ([init] if torch.is_tensor(init) else init)]
-    alpha = leaves[0] if torch.is_tensor(init) else tuple(leaves)
-    if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(leaves, lr=lr)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(leaves, lr=lr)
-    else:
-        raise ValueError(f"alpha_fit_optimizer={optimizer!r} is unknown; choose 'adam' or 'sgd'")
-    for _ in range(steps):
-        loss = objective(logits_fn(alpha))
-        if reg:
-            loss = loss + reg * norm_penalty(alpha)
-        # autograd.grad rather than backward(): only α may receive a gradient, never the net's parameters.
-        for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves)):
-            leaf.grad = grad
-        opt.step()
-    return alpha.detach() if torch.is_tensor(alpha) else tuple(a.detach() for a in alpha)
+    Tasks next to each other in a stream (rotations 10° apart) have nearby coefficients and nearly equal
+    objectives, so the ranking's error is mostly a neighbour of the true task; the climb repairs it with a
+    few exact checks per step, never O(T) of them. ``checked`` (task → exact score) is updated in place.
+    Returns the best task and its logits.
+    """
+    while True:
+        order = coefficient_distances(task_coeffs, best).argsort(stable=True).tolist()
+        fresh = [t for t in order if t not in checked][:neighbours]
+        if not fresh:  # every task is checked
+            return best, best_logits
+        i, logits, scores = verify(fresh, logits_of, score)
+        checked.update(zip(fresh, scores))
+        if not scores[i] < checked[best]:
+            return best, best_logits
+        best, best_logits = fresh[i], logits

@@ -95,6 +95,14 @@ def displacement_dots(task_coeffs: TaskCoeffs, point: Tensor | tuple[Tensor, ...
                for r, p, g in zip(_layers(task_coeffs), points, gs))
 
 
+def coefficient_distances(task_coeffs: TaskCoeffs, row: int) -> Tensor:
+    """``[T]``: how far every task's coefficients lie from task ``row``'s: per layer the mean squared
+    difference over that layer's coefficients, summed over layers (so a per-neuron layer with hundreds of rows
+    weighs as much as a per-layer one). O(T · coefficients): no T × T table is ever built."""
+    return sum((r - r[row].unsqueeze(0)).double().pow(2).reshape(r.shape[0], -1).mean(1)
+               for r in _layers(task_coeffs))
+
+
 def normalize_rows(task_coeffs: TaskCoeffs) -> TaskCoeffs:
     """Scale every task's coefficient row (per layer) to unit L1 norm; one-hot rows are unchanged.
 

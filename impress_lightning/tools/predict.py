@@ -126,14 +126,10 @@ def input_batches(source: Path, bank: TaskBank, batch_size: int,
     raise ArtifactError(f"--input {source} does not exist (give a folder of images or a .pt tensor file)")
 
 
-def label_of(model: TaskBankModel, task: int | None, output: int) -> Any:
+def label_of(model: TaskBankModel, task: int, output: int) -> Any:
     """Dataset label of head output ``output`` under ``task`` (the output index when no label map applies)."""
     maps = model.bank.label_maps
-    if maps is None:
-        return output
-    if task is None:  # α-fit chooses no task: a label map applies only when every task shares it
-        return maps[model.tasks[0]][output] if all(maps[t] == maps[model.tasks[0]] for t in model.tasks) else output
-    return maps[task][output]
+    return output if maps is None else maps[task][output]
 
 
 def predict_rows(model: TaskBankModel, batches: Iterator[tuple[list[str], Tensor]], total: int, task: int | None,
@@ -149,8 +145,7 @@ def predict_rows(model: TaskBankModel, batches: Iterator[tuple[list[str], Tensor
                 result = model.infer(x, inference)
                 outputs, used = result.logits.argmax(dim=1), result.task
             for name, out in zip(names, outputs.tolist()):
-                rows.append({"input": name, "task": "alpha_fit" if used is None else used,
-                             "label": label_of(model, used, out), "output": out})
+                rows.append({"input": name, "task": used, "label": label_of(model, used, out), "output": out})
             progress.advance(bar, len(names))
     return rows
 
