@@ -7,6 +7,7 @@ unreadable file, a file of another library and a missing path get the same one-l
 
 from __future__ import annotations
 
+import inspect
 import io
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,17 +80,28 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def init_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of ``cls.__init__``: what a setting added after a checkpoint was written meant before."""
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str,
-                allowed: frozenset[str]) -> tuple[list[str], list[str]]:
+                allowed: frozenset[str], defaults: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
     """(refused, allowed) differences between a checkpoint's settings and the config's, as
-    ``"model.backbone: 'fc1024' in the config, 'lenet_300_100' in the checkpoint"``."""
+    ``"model.backbone: 'fc1024' in the config, 'lenet_300_100' in the checkpoint"``. A setting the checkpoint
+    does not know (it predates it) is no difference while the config leaves it at its default in ``defaults``:
+    new settings default to the behaviour that came before them."""
     refused, notes = [], []
     missing = object()
+    defaults = defaults or {}
     for key in sorted(set(saved) | set(current)):
         if key in _SKIPPED:
             continue
         old, new = saved.get(key, missing), current.get(key, missing)
         if old is not missing and new is not missing and _plain(old) == _plain(new):
+            continue
+        if old is missing and new is not missing and key in defaults and _plain(new) == _plain(defaults[key]):
             continue
         name = "data class" if key == "_class_path" else f"{prefix}.{key}"
         text = (f"{name}: {'unset' if new is missing else _show(_plain(new))} in the config, "
@@ -99,16 +111,20 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: st
 
 
 def config_mismatch(ckpt: Mapping[str, Any], model_hparams: Mapping[str, Any],
-                    data_hparams: Mapping[str, Any] | None, path: str | Path, evaluating: bool = False) -> list[str]:
+                    data_hparams: Mapping[str, Any] | None, path: str | Path, evaluating: bool = False,
+                    model_defaults: Mapping[str, Any] | None = None,
+                    data_defaults: Mapping[str, Any] | None = None) -> list[str]:
     """Raise :class:`CheckpointError` naming every refused difference between checkpoint ``path`` and the
     config (settings outside ``RESUMABLE_*``, or ``EVALUABLE_*`` when ``evaluating``); return the allowed ones
-    (to print as notes)."""
+    (to print as notes). ``*_defaults`` (:func:`init_defaults`) let a checkpoint older than a setting load
+    while that setting stays at its default."""
     model_allowed, data_allowed = (EVALUABLE_MODEL, EVALUABLE_DATA) if evaluating else (RESUMABLE_MODEL,
                                                                                        RESUMABLE_DATA)
-    refused, notes = differences(ckpt.get("hyper_parameters") or {}, model_hparams, "model", model_allowed)
+    refused, notes = differences(ckpt.get("hyper_parameters") or {}, model_hparams, "model", model_allowed,
+                                 model_defaults)
     if data_hparams is not None and ckpt.get("datamodule_hyper_parameters") is not None:
         data_refused, data_notes = differences(ckpt["datamodule_hyper_parameters"], data_hparams, "data",
-                                               data_allowed)
+                                               data_allowed, data_defaults)
         refused, notes = refused + data_refused, notes + data_notes
     if refused:
         raise CheckpointError(f"--ckpt_path {path} does not fit this config ({'; '.join(refused)}): use the config "

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from impress_lightning.callbacks import FreezeImpressions, LoggedSaveConfigCallback, RetentionEvaluator
-from impress_lightning.checkpoint_file import config_mismatch, load_checkpoint
+from impress_lightning.checkpoint_file import config_mismatch, init_defaults, load_checkpoint
 from impress_lightning.commands import COMMANDS, TOOL_MODULES, TRAINER_COMMANDS, top_level_help
 from impress_lightning.config_files import check_config_files
 from impress_lightning.data import TaskSequenceDataModule
@@ -108,7 +108,8 @@ class ImpressLightningCLI(LightningCLI):
         loaded, self._loaded = self._loaded, None  # not kept for the whole run: it holds every weight
         ckpt = loaded[1] if loaded is not None and loaded[0] == path else load_checkpoint(path)[0]
         for note in config_mismatch(ckpt, self.model.hparams, getattr(self.datamodule, "hparams", None), path,
-                                    evaluating=self.subcommand != "fit"):
+                                    evaluating=self.subcommand != "fit", model_defaults=init_defaults(type(self.model)),
+                                    data_defaults=init_defaults(type(self.datamodule))):
             rank_zero_info(f"[impress] resuming with a changed setting: {note}")
 
     def _protect_run_directory(self) -> None:

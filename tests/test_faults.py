@@ -106,6 +106,16 @@ def predict(done: Finished, *args: str) -> list[str]:
     return ["predict", "--bank", str(done.bank), *args]
 
 
+def older_checkpoint(done: Finished, tmp: Path) -> str:
+    """``done.last`` as the code before hybrid heads wrote it: no ``hybrid_head`` setting, no head buffers."""
+    ckpt = torch.load(done.last, weights_only=False)
+    del ckpt["hyper_parameters"]["hybrid_head"]
+    for key in [k for k in ckpt["state_dict"] if k.startswith("table.head_")]:
+        del ckpt["state_dict"][key]
+    torch.save(ckpt, tmp / "old.ckpt")
+    return str(tmp / "old.ckpt")
+
+
 NAN = torch.full((2, 1, 8, 8), float("nan"))
 CASES: list[tuple[str, Setup, str]] = [
     # configs and the parser
@@ -181,6 +191,9 @@ CASES: list[tuple[str, Setup, str]] = [
     # test / validate
     ("test-other-num-tasks", on_run(lambda d, t: fit_args(d.root, "--data.init_args.num_tasks", "4", "--ckpt_path",
                                                           str(d.last), command="test")), "data.num_tasks: 4"),
+    ("test-older-checkpoint-new-setting", on_run(lambda d, t: fit_args(
+        d.root, "--model.hybrid_head", "impress_lightning.HybridHead", "--ckpt_path", older_checkpoint(d, t),
+        command="test")), "model.hybrid_head: ('HybridHead', {'epochs': 1"),
     ("test-garbage", on_run(lambda d, t: fit_args(d.root, "--ckpt_path", str(write(t / "g.ckpt", b"\x80\x02")),
                                                   command="test")), "cannot be read as a checkpoint"),
     ("validate-missing", on_run(lambda d, t: fit_args(d.root, "--ckpt_path", str(t / "none.ckpt"),
@@ -244,6 +257,15 @@ def test_a_user_mistake_is_one_line_and_changes_nothing(name: str, setup: Setup,
     assert len(errors) == 1 and expected in errors[0], err[-2000:]
     assert "Traceback" not in err and "usage:" not in err
     assert snapshot(run) == before
+
+
+def test_a_checkpoint_older_than_a_setting_is_tested_as_before(finished: Finished, tmp_path: Path) -> None:
+    # Settings added since (here hybrid_head, with its buffers) left at their defaults mean what came before.
+    done = finished.copy(tmp_path / "run")
+    now = main(fit_args(done.root, "--ckpt_path", str(done.last), command="test")).trainer.callback_metrics
+    old = main(fit_args(done.root, "--ckpt_path", older_checkpoint(done, tmp_path),
+                        command="test")).trainer.callback_metrics
+    assert now and {k: float(v) for k, v in old.items()} == {k: float(v) for k, v in now.items()}
 
 
 def test_a_directory_held_by_a_live_run_is_refused_and_a_stale_lock_is_taken_over(finished: Finished, capsys) -> None:
