@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from impress_lightning.atomic import atomic_write
 from impress_lightning.callbacks.retention import rank_shard, run_directory
 from impress_lightning.stages import to_device
-from impress_lightning.inference import InferenceTally, TaskInference, score_inference
+from impress_lightning.inference import InferenceTally, TaskInference, get_score, score_inference
 
 
 class TaskInferenceEvaluator(L.Callback):
@@ -41,19 +41,27 @@ class TaskInferenceEvaluator(L.Callback):
             exact checks of ``shortlist`` / ``exhaustive`` then cost a plain forward each); None keeps the
             module's ``eval_cache_size``. Memory: one dense copy of the masked weights per cached task.
         every_task: evaluate after every task; False evaluates only after the last task (and in ``test``).
+        calibration_examples: for methods with ``calibrate``: how many of each task's own held-out examples
+            (the datamodule's ``probe_loader``: its validation split, else its training split in a seeded
+            order) measure the task's baseline score. Measured once per task and objective, then reused (a
+            learned task never changes).
     """
 
     def __init__(self, methods: list[TaskInference] | None = None, labels: Literal["auto", "shared", "unshared"] = "auto",
                  split: Literal["test", "val"] = "test", batch_size: int = 128, max_batches_per_task: int | None = 20,
                  shuffle: bool = True, seed: int = 0, weight_cache_size: int | None = None,
-                 every_task: bool = True) -> None:
+                 every_task: bool = True, calibration_examples: int = 512) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_batches_per_task is not None and max_batches_per_task < 1:
             raise ValueError(f"max_batches_per_task must be >= 1 (or None for every batch), got {max_batches_per_task}")
         if weight_cache_size is not None and weight_cache_size < 0:
             raise ValueError(f"weight_cache_size must be >= 0 (or None for the module's), got {weight_cache_size}")
+        if calibration_examples < 1:
+            raise ValueError(f"calibration_examples must be >= 1, got {calibration_examples}")
         self.methods = methods or [TaskInference()]
+        self.calibration_examples = calibration_examples
+        self._baselines: dict[tuple[str, int], float] = {}  # (objective, task) -> baseline; recomputed after a resume
         self.labels, self.split, self.batch_size = labels, split, batch_size
         self.max_batches, self.every_task = max_batches_per_task, every_task
         self.shuffle, self.seed, self.weight_cache_size = shuffle, seed, weight_cache_size
@@ -62,6 +70,8 @@ class TaskInferenceEvaluator(L.Callback):
     @staticmethod
     def method_name(method: TaskInference) -> str:
         name = f"{method.strategy}-{method.objective}"
+        if method.calibrate:
+            name += "-calibrated"
         if method.strategy == "shortlist":
             name += f"-{method.shortlist_by}-m{method.shortlist_size}"
             name += f"-near{method.shortlist_neighbours}" if method.shortlist_neighbours else ""
@@ -80,6 +90,10 @@ class TaskInferenceEvaluator(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training, not after it, when a method needs outputs the head does not have."""
+        if any(m.calibrate for m in self.methods) and not hasattr(trainer.datamodule, "probe_loader"):
+            raise ValueError("TaskInferenceEvaluator: calibrate=True measures each task's baseline on its own held-out "
+                             "examples: the datamodule needs probe_loader(task) (TaskSequenceDataModule has one), or "
+                             "drop calibrate")
         if any(m.objective == "superfluous" for m in self.methods) and not pl_module.hparams.get("extra_outputs"):
             raise ValueError("TaskInferenceEvaluator: objective='superfluous' needs never-labelled head outputs: "
                              "set model.extra_outputs > 0 (e.g. --model.extra_outputs 4) or use objective='entropy'")
@@ -113,15 +127,36 @@ class TaskInferenceEvaluator(L.Callback):
                 "task_given_accuracy": sum(t["accuracy"] for t in given) / seen,
                 "task_given_per_task": [t["accuracy"] for t in given], "methods": {}}
             for method in self.methods:
-                per_task = [self.tally(trainer, module, task, method, coeffs, shared) for task in range(seen)]
+                baselines = self.baselines(trainer, module, method.objective, seen) if method.calibrate else None
+                per_task = [self.tally(trainer, module, task, method, coeffs, shared, baselines)
+                            for task in range(seen)]
                 report["methods"][self.method_name(method)] = summarize(per_task, module)
         finally:
             module.net.cache_size = cache_size
             module.train(was_training)
         return report
 
+    def baselines(self, trainer: L.Trainer, module: L.LightningModule, objective: str, seen: int) -> torch.Tensor:
+        """``[seen]``: every task's mean exact score (``objective``) under its own weights on its own first
+        ``calibration_examples`` held-out examples."""
+        score = get_score(objective)
+        for task in range(seen):
+            if (objective, task) in self._baselines:
+                continue
+            total, count = 0.0, 0
+            for batch in trainer.datamodule.probe_loader(task):
+                x, _ = to_device(batch, trainer)
+                x = x[: self.calibration_examples - count]
+                total += float(score(module(x, task), module.num_classes)) * len(x)
+                count += len(x)
+                if count >= self.calibration_examples:
+                    break
+            self._baselines[objective, task] = total / count
+        return torch.tensor([self._baselines[objective, task] for task in range(seen)], dtype=torch.float64)
+
     def tally(self, trainer: L.Trainer, module: L.LightningModule, task: int, method: TaskInference | None,
-              coeffs: tuple[torch.Tensor, ...], shared: bool) -> dict[str, float | None]:
+              coeffs: tuple[torch.Tensor, ...], shared: bool,
+              baselines: torch.Tensor | None = None) -> dict[str, float | None]:
         """Accuracy (and task-inference accuracy) on ``task``'s batches with ``method`` inferring the task
         among the rows of ``coeffs``, or with the true task id when ``method`` is None; counts summed exactly
         over the ranks."""
@@ -134,7 +169,8 @@ class TaskInferenceEvaluator(L.Callback):
             if method is None:
                 tally = tally + score_inference(task, task, module.predict_task(x, task), y, shared_labels=shared)
                 continue
-            result = method.infer(module.net, x, coeffs, num_classes=module.num_classes, classify=classify)
+            result = method.infer(module.net, x, coeffs, num_classes=module.num_classes, classify=classify,
+                                  baselines=baselines)
             tally = tally + score_inference(task, result.task, result.logits.argmax(1), y, shared_labels=shared)
         counts = torch.tensor([tally.correct, tally.total, tally.task_hits, tally.task_trials],
                               dtype=torch.float64, device=module.device)

@@ -273,13 +273,13 @@ def test_the_neighbour_climb_walks_downhill_through_nearest_tasks_only() -> None
     # has a second, deeper basin at 30 that the climb from 0 never reaches (it is local, never O(T)).
     coeffs = torch.arange(40, dtype=torch.float32).view(40, 1, 1)
     logits_of = lambda row: torch.tensor([[float(row)]])  # noqa: E731
-    for score, found in ((lambda z: (z - 7).abs().sum(), 7),
-                         (lambda z: torch.minimum((z - 7).abs(), (z - 30).abs() - 1).sum(), 7)):
-        checked = {0: score(logits_of(0))}
+    for score, found in ((lambda row, z: (z - 7).abs().sum(), 7),
+                         (lambda row, z: torch.minimum((z - 7).abs(), (z - 30).abs() - 1).sum(), 7)):
+        checked = {0: score(0, logits_of(0))}
         best, logits = climb_neighbours(coeffs, checked, 0, logits_of(0), 2, logits_of, score)
         assert best == found and float(logits) == float(found)
         assert sorted(checked) == list(range(11))  # 0, then 1-2, 3-4, 5-6, 7-8; 9-10 are no better than 7
-        assert all(torch.equal(checked[t], score(logits_of(t))) for t in checked)
+        assert all(torch.equal(checked[t], score(t, logits_of(t))) for t in checked)
 
 
 @pytest.mark.parametrize("kwargs,field", [

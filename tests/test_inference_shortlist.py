@@ -94,7 +94,8 @@ def _own_accuracy(stream: Stream, task: int, row: int) -> float:
 def test_shortlist_identifies_combination_tasks_that_one_shot_cannot(stream: Stream) -> None:
     for task in range(K, len(ANGLES)):  # the combinations are far better on their data than any impression
         assert _own_accuracy(stream, task, task) > 0.85 > max(_own_accuracy(stream, task, k) + 0.2 for k in range(K))
-    oneshot, shortlist = TaskInference(strategy="oneshot"), TaskInference(strategy="shortlist", shortlist_size=2)
+    oneshot = TaskInference(strategy="oneshot")
+    shortlist = TaskInference(strategy="shortlist", shortlist_size=2, shortlist_neighbours=0)  # exactly m checks
     for task in range(K, len(ANGLES)):
         x, _ = stream.batches[task]
         assert oneshot.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES).task != task
@@ -127,7 +128,8 @@ def test_the_neighbour_climb_repairs_a_shortlist_that_missed_the_task(stream: St
     # A one-candidate shortlist ranked by one-shot misses the combination tasks (the first test); climbing
     # through coefficient-space neighbours by the exact objective reaches what the exhaustive search picks.
     ranked = dict(strategy="shortlist", shortlist_size=1, shortlist_by="oneshot")
-    plain, climbing = TaskInference(**ranked), TaskInference(**ranked, shortlist_neighbours=1)
+    plain = TaskInference(**ranked, shortlist_neighbours=0)
+    climbing = TaskInference(**ranked, shortlist_neighbours=1)
     exhaustive = TaskInference(strategy="exhaustive")
     missed = 0
     for task, (x, _) in enumerate(stream.batches):
@@ -139,3 +141,29 @@ def test_the_neighbour_climb_repairs_a_shortlist_that_missed_the_task(stream: St
         assert float(result.candidate_scores.min()) == float(
             entropy_objective(result.logits, NUM_CLASSES))  # the winner is the best checked task
     assert missed >= 1
+
+
+@pytest.mark.slow
+def test_calibration_compares_each_tasks_score_with_its_own_baseline(stream: Stream) -> None:
+    x, _ = stream.batches[3]
+    plain = TaskInference(strategy="exhaustive").infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES)
+    zero = torch.zeros(len(ANGLES), dtype=torch.float64)
+    calibrated = TaskInference(strategy="exhaustive", calibrate=True)
+    same = calibrated.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=zero)
+    assert same.task == plain.task and torch.equal(same.candidate_scores, plain.candidate_scores)
+    # A baseline lifted by 1 above a task's own score on this batch makes that task win by exactly 1.
+    target = (plain.task + 1) % len(ANGLES)
+    baselines = plain.candidate_scores.clone()
+    baselines[target] += 1.0
+    lifted = calibrated.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=baselines)
+    assert lifted.task == target
+    assert torch.allclose(lifted.candidate_scores, plain.candidate_scores - baselines)
+    ranked = TaskInference(strategy="shortlist", shortlist_size=2, calibrate=True).infer(
+        stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=baselines)
+    assert ranked.task == target  # the Taylor estimates are shifted alike, so the target enters the shortlist
+    with pytest.raises(ValueError, match="needs baselines"):
+        calibrated.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match="needs baselines"):
+        calibrated.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=zero[:2])
+    with pytest.raises(ValueError, match="calibrate=True shifts the exact checks"):
+        TaskInference(strategy="oneshot", calibrate=True)

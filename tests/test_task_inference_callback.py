@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator, TaskInferenceEvaluator
 from impress_lightning.data import TaskSequenceDataModule
-from impress_lightning.inference import TaskInference
+from impress_lightning.inference import TaskInference, entropy_objective
 from impress_lightning.module import ImpressLearnModule
 from impress_lightning.nn import TopK
 
@@ -31,8 +31,10 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
     module = ImpressLearnModule(backbone="lenet_300_100", num_tasks=3, num_classes=10, input_shape=dm.input_shape,
                                 impression_source="supsup", num_impressions=0, mask_rule=TopK(0.3), impression_epochs=6,
                                 mask_optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
-    methods = [TaskInference(strategy="oneshot", objective="entropy"), TaskInference(strategy="binary")]
-    evaluator = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3)
+    methods = [TaskInference(strategy="oneshot", objective="entropy"), TaskInference(strategy="binary"),
+               TaskInference(strategy="exhaustive", calibrate=True)]
+    evaluator = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3,
+                                       calibration_examples=100)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
     trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         callbacks=[FreezeImpressions(False), RetentionEvaluator(plots=False), evaluator, checkpoints],
@@ -44,16 +46,24 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
     final = written["2"]
     assert final["labels"] == "shared" and final["tasks"] == 3
     retention = json.loads((tmp_path / "retention.json").read_text())["accuracy_matrix"][-1]
-    for name in ("oneshot-entropy", "binary-entropy"):
+    for name in ("oneshot-entropy", "binary-entropy", "exhaustive-entropy-calibrated"):
         summary = final["methods"][name]
         assert summary["task_accuracy"] == 1.0, name  # dedicated masks on permutations: clearly separable
         # with every task inferred right, inferred-id accuracy is the task-id-given accuracy (on 3 batches)
         assert summary["accuracy"] == pytest.approx(sum(retention) / 3, abs=0.08)
 
+    # A calibrated method's baseline: the task's mean entropy on its own first 100 held-out examples.
+    module.eval()
+    with torch.no_grad():
+        x = torch.cat([x for x, _ in dm.probe_loader(1)])[:100]
+        expected = float(entropy_objective(module(x, 1)[:, :10]))
+    assert sorted(evaluator._baselines) == [("entropy", t) for t in range(3)]
+    assert evaluator._baselines["entropy", 1] == pytest.approx(expected, rel=1e-5)
+
     # `impress-lightning test` path: a fresh trainer on the checkpoint runs the same evaluation.
     fresh = ImpressLearnModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     assert int(fresh.tasks_learned) == 3
-    again = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3)
+    again = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3, calibration_examples=100)
     L.Trainer(callbacks=[again], logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "test").test(
         fresh, dm)
     assert again.results["2"]["methods"] == final["methods"]

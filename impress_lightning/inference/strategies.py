@@ -79,16 +79,16 @@ def taylor_estimates(combined_fn: Callable[[Alpha], Tensor], task_coeffs: TaskCo
 
 
 def verify(candidates: Sequence[int], logits_of: Callable[[int], Tensor],
-           score: ScalarFn) -> tuple[int, Tensor, Tensor]:
-    """Exact check of a shortlist: each candidate's ``score`` on its own logits (its own weights, not a
-    superposition). Returns the index into ``candidates`` of the smallest score, that candidate's logits and
-    every candidate's score."""
+           score: Callable[[int, Tensor], Tensor]) -> tuple[int, Tensor, Tensor]:
+    """Exact check of a shortlist: each candidate's ``score(candidate, logits)`` on its own logits (its own
+    weights, not a superposition). Returns the index into ``candidates`` of the smallest score, that
+    candidate's logits and every candidate's score."""
     if not candidates:
         raise ValueError("verify needs at least one candidate task")
     best, best_logits, scores = 0, None, []
     for i, candidate in enumerate(candidates):
         logits = logits_of(candidate)
-        scores.append(score(logits))
+        scores.append(score(candidate, logits))
         if best_logits is None or scores[-1] < scores[best]:
             best, best_logits = i, logits
     return best, best_logits, torch.stack(scores)
@@ -96,15 +96,15 @@ def verify(candidates: Sequence[int], logits_of: Callable[[int], Tensor],
 
 def climb_neighbours(task_coeffs: TaskCoeffs, checked: dict[int, Tensor], best: int, best_logits: Tensor,
                      neighbours: int, logits_of: Callable[[int], Tensor],
-                     score: ScalarFn) -> tuple[int, Tensor]:
+                     score: Callable[[int, Tensor], Tensor]) -> tuple[int, Tensor]:
     """Hill climbing from a verified shortlist: check the ``neighbours`` tasks nearest to the best task in
     coefficient space (:func:`coefficient_distances`) that are not checked yet; move to the best of them if
     it scores lower and repeat, else stop.
 
     Tasks next to each other in a stream (rotations 10° apart) have nearby coefficients and nearly equal
     objectives, so the ranking's error is mostly a neighbour of the true task; the climb repairs it with a
-    few exact checks per step, never O(T) of them. ``checked`` (task → exact score) is updated in place.
-    Returns the best task and its logits.
+    few exact checks per step, never O(T) of them. ``checked`` (task → exact score, as :func:`verify` scores)
+    is updated in place. Returns the best task and its logits.
     """
     while True:
         order = coefficient_distances(task_coeffs, best).argsort(stable=True).tolist()

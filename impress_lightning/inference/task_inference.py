@@ -85,6 +85,10 @@ class TaskInference:
             the winner's this-many nearest unchecked tasks in coefficient space and move to a better one,
             repeating until none is better (a hill climb that repairs the ranking's near misses; each step
             costs this many exact forwards, never O(T)); 0 keeps the shortlist's winner.
+        calibrate: shortlist / exhaustive: compare tasks by their exact score less their own baseline (their
+            mean score on their own held-out examples, ``infer(baselines=...)``) rather than by the raw score,
+            so a task whose heads are less confident on its own data than the others' are on foreign data can
+            still win (measured: class-split streams, docs/task_inference.md).
     """
 
     strategy: StrategyName = "oneshot"
@@ -94,6 +98,7 @@ class TaskInference:
     shortlist_size: int = 12
     shortlist_by: ShortlistBy = "taylor"
     shortlist_neighbours: int = 2
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
@@ -107,11 +112,15 @@ class TaskInference:
             raise ValueError(f"shortlist_size must be >= 1, got {self.shortlist_size}")
         if self.shortlist_neighbours < 0:
             raise ValueError(f"shortlist_neighbours must be >= 0, got {self.shortlist_neighbours}")
+        if self.calibrate and self.strategy not in ("shortlist", "exhaustive"):
+            raise ValueError(f"calibrate=True shifts the exact checks of 'shortlist' / 'exhaustive'; strategy="
+                             f"{self.strategy!r} compares gradients, which a per-task constant does not change")
         if self.shortlist_by not in get_args(ShortlistBy):
             raise ValueError(f"shortlist_by={self.shortlist_by!r} is unknown; use 'taylor' or 'oneshot'")
 
     def infer(self, net: SupermaskNet, x: Tensor, task_coeffs: TaskCoeffs, *, num_classes: int | None = None,
-              task_ids: Sequence[int] | None = None, classify: Classifier | None = None) -> InferenceResult:
+              task_ids: Sequence[int] | None = None, classify: Classifier | None = None,
+              baselines: Tensor | None = None) -> InferenceResult:
         """Infer the task of batch ``x`` among the learned tasks and classify the whole batch with it.
 
         Works under ``torch.inference_mode()`` / ``no_grad`` (Lightning's eval loops): the gradient passes
@@ -130,6 +139,8 @@ class TaskInference:
             classify: ``(x, task_id) -> logits`` (every head output) of a task through the caller's own (e.g.
                 cached) path, used to classify and, by shortlist / exhaustive, to verify candidates; default
                 ``net(x, Combine(task_coeffs[row]), bn_task=task_id)``.
+            baselines: with ``calibrate``, ``[T]``: each row's mean exact score on its task's own held-out
+                examples (``TaskInferenceEvaluator`` measures them on the probe split).
         """
         check_task_coeffs(task_coeffs, net.num_layers)
         if net.training and net.bn_names:
@@ -139,6 +150,10 @@ class TaskInference:
         ids = list(range(num_tasks)) if task_ids is None else [int(t) for t in task_ids]
         if len(ids) != num_tasks:
             raise ValueError(f"task_ids has {len(ids)} entries for {num_tasks} rows of task_coeffs")
+        if self.calibrate and (baselines is None or tuple(baselines.shape) != (num_tasks,)):
+            raise ValueError(f"calibrate=True needs baselines: one score per row of task_coeffs ({num_tasks}), got "
+                             f"{None if baselines is None else tuple(baselines.shape)}")
+        offsets = baselines.detach().double().cpu() if self.calibrate else torch.zeros(num_tasks, dtype=torch.float64)
         objective = partial(get_objective(self.objective), num_classes=num_classes)
         whole_batch = self.num_examples is None or self.num_examples >= len(x)
 
@@ -152,7 +167,7 @@ class TaskInference:
             probe = x[: self.num_examples].clone()
             coeffs = task_coeffs.detach().clone() if torch.is_tensor(task_coeffs) else \
                 tuple(r.detach().clone() for r in task_coeffs)
-            found = self._choose(net, probe, coeffs, objective, own_logits, num_classes)
+            found = self._choose(net, probe, coeffs, objective, own_logits, num_classes, offsets)
             row, logits = found.pop("row"), found.pop("logits")
         with torch.no_grad():
             if logits is None or not whole_batch:
@@ -160,13 +175,15 @@ class TaskInference:
         return InferenceResult(ids[row], logits[:, :num_classes], **found)
 
     def _choose(self, net: SupermaskNet, probe: Tensor, coeffs: TaskCoeffs, objective: Callable[[Tensor], Tensor],
-                own_logits: Callable[[Tensor, int], Tensor], num_classes: int | None) -> dict[str, Any]:
-        """The chosen row, its logits on ``probe`` where the strategy computed them, and what it scored."""
+                own_logits: Callable[[Tensor, int], Tensor], num_classes: int | None,
+                offsets: Tensor) -> dict[str, Any]:
+        """The chosen row, its logits on ``probe`` where the strategy computed them, and what it scored
+        (exact scores and Taylor estimates less ``offsets``, the calibration baselines or zeros)."""
         num_tasks = num_rows(coeffs)
         if self.strategy == "exhaustive" or (self.strategy == "shortlist" and self.shortlist_size >= num_tasks):
             candidates, scores = torch.arange(num_tasks), None
         elif self.strategy == "shortlist" and self.shortlist_by == "taylor":
-            scores = taylor_estimates(combination_logits_fn(net, probe), coeffs, objective)
+            scores = taylor_estimates(combination_logits_fn(net, probe), coeffs, objective) - offsets
             candidates = scores.topk(min(self.shortlist_size, num_tasks), largest=False).indices
         else:
             rows = normalize_rows(coeffs) if self.superposition_norm == "l1" else coeffs
@@ -178,7 +195,8 @@ class TaskInference:
             if self.strategy == "oneshot":
                 return {"row": row, "logits": None, "scores": scores}
             candidates = scores.topk(min(self.shortlist_size, num_tasks), largest=False).indices.cpu()
-        score = partial(get_score(self.objective), num_classes=num_classes)
+        plain_score = partial(get_score(self.objective), num_classes=num_classes)
+        score = lambda row, logits: plain_score(logits).double() - offsets[row]  # noqa: E731
         logits_of = lambda row: own_logits(probe, row)  # noqa: E731
         with torch.no_grad():
             best, logits, exact = verify(candidates.tolist(), logits_of, score)
