@@ -41,7 +41,7 @@ class TaskInferenceEvaluator(L.Callback):
             exact checks of ``shortlist`` / ``exhaustive`` then cost a plain forward each); None keeps the
             module's ``eval_cache_size``. Memory: one dense copy of the masked weights per cached task.
         every_task: evaluate after every task; False evaluates only after the last task (and in ``test``).
-        calibration_examples: for methods with ``calibrate``: how many of each task's own held-out examples
+        calibration_examples: for methods that calibrate (``TaskInference.calibrate``): how many of each task's own held-out examples
             (the datamodule's ``probe_loader``: its validation split, else its training split in a seeded
             order) measure the task's baseline score. Measured once per task and objective, then reused (a
             learned task never changes).
@@ -70,8 +70,8 @@ class TaskInferenceEvaluator(L.Callback):
     @staticmethod
     def method_name(method: TaskInference) -> str:
         name = f"{method.strategy}-{method.objective}"
-        if method.calibrate:
-            name += "-calibrated"
+        if method.calibrate != "unshared_labels":  # the default's name says nothing; the report says what it did
+            name += "-calibrated" if method.calibrate == "always" else "-uncalibrated"
         if method.strategy == "shortlist":
             name += f"-{method.shortlist_by}-m{method.shortlist_size}"
             name += f"-near{method.shortlist_neighbours}" if method.shortlist_neighbours else ""
@@ -90,10 +90,11 @@ class TaskInferenceEvaluator(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training, not after it, when a method needs outputs the head does not have."""
-        if any(m.calibrate for m in self.methods) and not hasattr(trainer.datamodule, "probe_loader"):
-            raise ValueError("TaskInferenceEvaluator: calibrate=True measures each task's baseline on its own held-out "
+        unshared = not self.shared_labels(trainer)
+        if any(m.calibrates(unshared) for m in self.methods) and not hasattr(trainer.datamodule, "probe_loader"):
+            raise ValueError("TaskInferenceEvaluator: calibrating measures each task's baseline on its own held-out "
                              "examples: the datamodule needs probe_loader(task) (TaskSequenceDataModule has one), or "
-                             "drop calibrate")
+                             "set the method's calibrate: never")
         if any(m.objective == "superfluous" for m in self.methods) and not pl_module.hparams.get("extra_outputs"):
             raise ValueError("TaskInferenceEvaluator: objective='superfluous' needs never-labelled head outputs: "
                              "set model.extra_outputs > 0 (e.g. --model.extra_outputs 4) or use objective='entropy'")
@@ -127,10 +128,11 @@ class TaskInferenceEvaluator(L.Callback):
                 "task_given_accuracy": sum(t["accuracy"] for t in given) / seen,
                 "task_given_per_task": [t["accuracy"] for t in given], "methods": {}}
             for method in self.methods:
-                baselines = self.baselines(trainer, module, method.objective, seen) if method.calibrate else None
+                calibrated = method.calibrates(not shared)
+                baselines = self.baselines(trainer, module, method.objective, seen) if calibrated else None
                 per_task = [self.tally(trainer, module, task, method, coeffs, shared, baselines)
                             for task in range(seen)]
-                report["methods"][self.method_name(method)] = summarize(per_task, module)
+                report["methods"][self.method_name(method)] = {**summarize(per_task, module), "calibrated": calibrated}
         finally:
             module.net.cache_size = cache_size
             module.train(was_training)
@@ -170,7 +172,7 @@ class TaskInferenceEvaluator(L.Callback):
                 tally = tally + score_inference(task, task, module.predict_task(x, task), y, shared_labels=shared)
                 continue
             result = method.infer(module.net, x, coeffs, num_classes=module.num_classes, classify=classify,
-                                  baselines=baselines)
+                                  baselines=baselines, unshared_labels=not shared)
             tally = tally + score_inference(task, result.task, result.logits.argmax(1), y, shared_labels=shared)
         counts = torch.tensor([tally.correct, tally.total, tally.task_hits, tally.task_trials],
                               dtype=torch.float64, device=module.device)

@@ -148,7 +148,7 @@ def test_calibration_compares_each_tasks_score_with_its_own_baseline(stream: Str
     x, _ = stream.batches[3]
     plain = TaskInference(strategy="exhaustive").infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES)
     zero = torch.zeros(len(ANGLES), dtype=torch.float64)
-    calibrated = TaskInference(strategy="exhaustive", calibrate=True)
+    calibrated = TaskInference(strategy="exhaustive", calibrate="always")
     same = calibrated.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=zero)
     assert same.task == plain.task and torch.equal(same.candidate_scores, plain.candidate_scores)
     # A baseline lifted by 1 above a task's own score on this batch makes that task win by exactly 1.
@@ -158,12 +158,20 @@ def test_calibration_compares_each_tasks_score_with_its_own_baseline(stream: Str
     lifted = calibrated.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=baselines)
     assert lifted.task == target
     assert torch.allclose(lifted.candidate_scores, plain.candidate_scores - baselines)
-    ranked = TaskInference(strategy="shortlist", shortlist_size=2, calibrate=True).infer(
-        stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=baselines)
+    ranked = TaskInference(strategy="shortlist", shortlist_size=2).infer(  # the default calibrates on GNu
+        stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=baselines, unshared_labels=True)
     assert ranked.task == target  # the Taylor estimates are shifted alike, so the target enters the shortlist
     with pytest.raises(ValueError, match="needs baselines"):
         calibrated.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match="needs baselines"):
         calibrated.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES, baselines=zero[:2])
-    with pytest.raises(ValueError, match="calibrate=True shifts the exact checks"):
-        TaskInference(strategy="oneshot", calibrate=True)
+    shared = TaskInference(strategy="exhaustive").infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES,
+                                                          baselines=baselines)  # shared labels: raw scores
+    assert shared.task == plain.task and not TaskInference().calibrates(unshared_labels=True)  # one-shot never
+    with pytest.raises(ValueError, match="needs baselines"):
+        TaskInference(strategy="exhaustive").infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES,
+                                                   unshared_labels=True)
+    with pytest.raises(ValueError, match="calibrate='always' shifts the exact checks"):
+        TaskInference(strategy="oneshot", calibrate="always")
+    with pytest.raises(ValueError, match="calibrate='sometimes' is unknown"):
+        TaskInference(strategy="exhaustive", calibrate="sometimes")

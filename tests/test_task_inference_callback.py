@@ -32,7 +32,7 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
                                 impression_source="supsup", num_impressions=0, mask_rule=TopK(0.3), impression_epochs=6,
                                 mask_optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
     methods = [TaskInference(strategy="oneshot", objective="entropy"), TaskInference(strategy="binary"),
-               TaskInference(strategy="exhaustive", calibrate=True)]
+               TaskInference(strategy="exhaustive", calibrate="always"), TaskInference(strategy="exhaustive")]
     evaluator = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3,
                                        calibration_examples=100)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
@@ -46,7 +46,9 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
     final = written["2"]
     assert final["labels"] == "shared" and final["tasks"] == 3
     retention = json.loads((tmp_path / "retention.json").read_text())["accuracy_matrix"][-1]
-    for name in ("oneshot-entropy", "binary-entropy", "exhaustive-entropy-calibrated"):
+    assert final["methods"]["exhaustive-entropy-calibrated"]["calibrated"]
+    assert not final["methods"]["exhaustive-entropy"]["calibrated"]  # the default: shared labels, raw scores
+    for name in ("oneshot-entropy", "binary-entropy", "exhaustive-entropy-calibrated", "exhaustive-entropy"):
         summary = final["methods"][name]
         assert summary["task_accuracy"] == 1.0, name  # dedicated masks on permutations: clearly separable
         # with every task inferred right, inferred-id accuracy is the task-id-given accuracy (on 3 batches)

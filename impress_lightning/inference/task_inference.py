@@ -28,6 +28,7 @@ from impress_lightning.nn import Combine, SupermaskNet
 StrategyName = Literal["oneshot", "binary", "shortlist", "exhaustive"]
 SuperpositionNorm = Literal["l1", "none"]
 ShortlistBy = Literal["taylor", "oneshot"]
+CalibrateWhen = Literal["unshared_labels", "always", "never"]
 Classifier = Callable[[Tensor, int], Tensor]
 _STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 
@@ -85,10 +86,13 @@ class TaskInference:
             the winner's this-many nearest unchecked tasks in coefficient space and move to a better one,
             repeating until none is better (a hill climb that repairs the ranking's near misses; each step
             costs this many exact forwards, never O(T)); 0 keeps the shortlist's winner.
-        calibrate: shortlist / exhaustive: compare tasks by their exact score less their own baseline (their
-            mean score on their own held-out examples, ``infer(baselines=...)``) rather than by the raw score,
-            so a task whose heads are less confident on its own data than the others' are on foreign data can
-            still win (measured: class-split streams, docs/task_inference.md).
+        calibrate: shortlist / exhaustive: when to compare tasks by their exact score less their own baseline
+            (their mean score on their own held-out examples, ``infer(baselines=...)``) instead of by the raw
+            score. ``"unshared_labels"`` (default): where every task has its own labels (GNu, class splits),
+            whose heads' confidence differs from task to task; measured there to identify every task where the
+            raw score identifies 0.60-0.65, and to lose on shared-label streams (docs/task_inference.md).
+            ``"always"`` / ``"never"`` fix it. One-shot and binary compare gradients, which a per-task
+            constant does not change: they never calibrate.
     """
 
     strategy: StrategyName = "oneshot"
@@ -98,7 +102,7 @@ class TaskInference:
     shortlist_size: int = 12
     shortlist_by: ShortlistBy = "taylor"
     shortlist_neighbours: int = 2
-    calibrate: bool = False
+    calibrate: CalibrateWhen = "unshared_labels"
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
@@ -112,15 +116,23 @@ class TaskInference:
             raise ValueError(f"shortlist_size must be >= 1, got {self.shortlist_size}")
         if self.shortlist_neighbours < 0:
             raise ValueError(f"shortlist_neighbours must be >= 0, got {self.shortlist_neighbours}")
-        if self.calibrate and self.strategy not in ("shortlist", "exhaustive"):
-            raise ValueError(f"calibrate=True shifts the exact checks of 'shortlist' / 'exhaustive'; strategy="
+        if self.calibrate not in get_args(CalibrateWhen):
+            raise ValueError(f"calibrate={self.calibrate!r} is unknown; use one of {list(get_args(CalibrateWhen))}")
+        if self.calibrate == "always" and self.strategy not in ("shortlist", "exhaustive"):
+            raise ValueError(f"calibrate='always' shifts the exact checks of 'shortlist' / 'exhaustive'; strategy="
                              f"{self.strategy!r} compares gradients, which a per-task constant does not change")
         if self.shortlist_by not in get_args(ShortlistBy):
             raise ValueError(f"shortlist_by={self.shortlist_by!r} is unknown; use 'taylor' or 'oneshot'")
 
+    def calibrates(self, unshared_labels: bool) -> bool:
+        """Whether this method compares tasks against their baselines on a stream with these labels."""
+        if self.strategy not in ("shortlist", "exhaustive"):
+            return False
+        return self.calibrate == "always" or (self.calibrate == "unshared_labels" and unshared_labels)
+
     def infer(self, net: SupermaskNet, x: Tensor, task_coeffs: TaskCoeffs, *, num_classes: int | None = None,
               task_ids: Sequence[int] | None = None, classify: Classifier | None = None,
-              baselines: Tensor | None = None) -> InferenceResult:
+              baselines: Tensor | None = None, unshared_labels: bool = False) -> InferenceResult:
         """Infer the task of batch ``x`` among the learned tasks and classify the whole batch with it.
 
         Works under ``torch.inference_mode()`` / ``no_grad`` (Lightning's eval loops): the gradient passes
@@ -139,8 +151,9 @@ class TaskInference:
             classify: ``(x, task_id) -> logits`` (every head output) of a task through the caller's own (e.g.
                 cached) path, used to classify and, by shortlist / exhaustive, to verify candidates; default
                 ``net(x, Combine(task_coeffs[row]), bn_task=task_id)``.
-            baselines: with ``calibrate``, ``[T]``: each row's mean exact score on its task's own held-out
-                examples (``TaskInferenceEvaluator`` measures them on the probe split).
+            baselines: where this call calibrates (:meth:`calibrates`), ``[T]``: each row's mean exact score on
+                its task's own held-out examples (``TaskInferenceEvaluator`` measures them on the probe split).
+            unshared_labels: every task has its own label space (GNu), for ``calibrate="unshared_labels"``.
         """
         check_task_coeffs(task_coeffs, net.num_layers)
         if net.training and net.bn_names:
@@ -150,10 +163,11 @@ class TaskInference:
         ids = list(range(num_tasks)) if task_ids is None else [int(t) for t in task_ids]
         if len(ids) != num_tasks:
             raise ValueError(f"task_ids has {len(ids)} entries for {num_tasks} rows of task_coeffs")
-        if self.calibrate and (baselines is None or tuple(baselines.shape) != (num_tasks,)):
-            raise ValueError(f"calibrate=True needs baselines: one score per row of task_coeffs ({num_tasks}), got "
-                             f"{None if baselines is None else tuple(baselines.shape)}")
-        offsets = baselines.detach().double().cpu() if self.calibrate else torch.zeros(num_tasks, dtype=torch.float64)
+        calibrated = self.calibrates(unshared_labels)
+        if calibrated and (baselines is None or tuple(baselines.shape) != (num_tasks,)):
+            raise ValueError(f"calibrate={self.calibrate!r} needs baselines here: one score per row of task_coeffs "
+                             f"({num_tasks}), got {None if baselines is None else tuple(baselines.shape)}")
+        offsets = baselines.detach().double().cpu() if calibrated else torch.zeros(num_tasks, dtype=torch.float64)
         objective = partial(get_objective(self.objective), num_classes=num_classes)
         whole_batch = self.num_examples is None or self.num_examples >= len(x)
 
