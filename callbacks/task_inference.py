@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from impress_lightning.atomic import atomic_write
 from impress_lightning.callbacks.retention import rank_shard, run_directory
-from impress_lightning.stages import to_device
+from impress_lightning.stages import held_out_score, to_device
 from impress_lightning.inference import InferenceTally, TaskInference, get_score, score_inference
 
 
@@ -41,26 +41,19 @@ class TaskInferenceEvaluator(L.Callback):
             exact checks of ``shortlist`` / ``exhaustive`` then cost a plain forward each); None keeps the
             module's ``eval_cache_size``. Memory: one dense copy of the masked weights per cached task.
         every_task: evaluate after every task; False evaluates only after the last task (and in ``test``).
-        calibration_examples: for methods that calibrate (``TaskInference.calibrate``): how many of each task's own held-out examples
-            (the datamodule's ``probe_loader``: its validation split, else its training split in a seeded
-            order) measure the task's baseline score. Measured once per task and objective, then reused (a
-            learned task never changes).
     """
 
     def __init__(self, methods: list[TaskInference] | None = None, labels: Literal["auto", "shared", "unshared"] = "auto",
                  split: Literal["test", "val"] = "test", batch_size: int = 128, max_batches_per_task: int | None = 20,
                  shuffle: bool = True, seed: int = 0, weight_cache_size: int | None = None,
-                 every_task: bool = True, calibration_examples: int = 512) -> None:
+                 every_task: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_batches_per_task is not None and max_batches_per_task < 1:
             raise ValueError(f"max_batches_per_task must be >= 1 (or None for every batch), got {max_batches_per_task}")
         if weight_cache_size is not None and weight_cache_size < 0:
             raise ValueError(f"weight_cache_size must be >= 0 (or None for the module's), got {weight_cache_size}")
-        if calibration_examples < 1:
-            raise ValueError(f"calibration_examples must be >= 1, got {calibration_examples}")
         self.methods = methods or [TaskInference()]
-        self.calibration_examples = calibration_examples
         self._baselines: dict[tuple[str, int], float] = {}  # (objective, task) -> baseline; recomputed after a resume
         self.labels, self.split, self.batch_size = labels, split, batch_size
         self.max_batches, self.every_task = max_batches_per_task, every_task
@@ -139,21 +132,15 @@ class TaskInferenceEvaluator(L.Callback):
         return report
 
     def baselines(self, trainer: L.Trainer, module: L.LightningModule, objective: str, seen: int) -> torch.Tensor:
-        """``[seen]``: every task's mean exact score (``objective``) under its own weights on its own first
-        ``calibration_examples`` held-out examples."""
-        score = get_score(objective)
+        """``[seen]``: every task's mean exact score (``objective``) under its own weights on its own held-out
+        examples: the entropy baseline the task table recorded when the task was learned, else (older
+        checkpoints, the G objective) measured here once per task the same way."""
+        stored = module.table.baseline_entropy
         for task in range(seen):
-            if (objective, task) in self._baselines:
-                continue
-            total, count = 0.0, 0
-            for batch in trainer.datamodule.probe_loader(task):
-                x, _ = to_device(batch, trainer)
-                x = x[: self.calibration_examples - count]
-                total += float(score(module(x, task), module.num_classes)) * len(x)
-                count += len(x)
-                if count >= self.calibration_examples:
-                    break
-            self._baselines[objective, task] = total / count
+            if (objective, task) not in self._baselines:
+                recorded = objective == "entropy" and float(stored[task]) >= 0
+                self._baselines[objective, task] = float(stored[task]) if recorded else held_out_score(
+                    module, task, get_score(objective))
         return torch.tensor([self._baselines[objective, task] for task in range(seen)], dtype=torch.float64)
 
     def tally(self, trainer: L.Trainer, module: L.LightningModule, task: int, method: TaskInference | None,

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from impress_lightning.module import ImpressLearnModule
 
 FORMAT = "impress-lightning-task-bank"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)  # version 2 is version 3 without hybrid heads
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # 3 is 4 without calibration baselines, 2 is 3 without hybrid heads
 
 
 class ArtifactError(ValueError):
@@ -105,6 +105,9 @@ class TaskBank:
     # (uint8 [len(head_tasks), ceil(numel_last / 8)], same bit order as ``masks``)
     head_tasks: list[int] = field(default_factory=list)
     head_masks: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.uint8))
+    # per learned task: its mean softmax entropy on its own held-out examples when it was learned (-1: not
+    # measured), the baseline of calibrated task inference; empty in files before version 4
+    baseline_entropy: list[float] = field(default_factory=list)
     bn_names: list[str] = field(default_factory=list)
     bn_features: list[int] = field(default_factory=list)
     bn_stats: Tensor | None = None  # float [len(tasks), Σ_b 2·C_b]: per BN layer its running mean, then var
@@ -164,6 +167,7 @@ class TaskBank:
             layer_shapes=[list(layer.weight.shape) for layer in net.layers], weight_sha256=weight_digest(net),
             masks=masks, tasks=tasks, slots=[-1 if s is None else s for s in slots],
             combination=rule_to_dict(table.rule), coefficients=coeffs, head_tasks=head_tasks, head_masks=head_masks,
+            baseline_entropy=[float(table.baseline_entropy[t]) for t in tasks],
             mask_counts=[int(table.mask_count[t]) if s is None else 0 for t, s in zip(tasks, slots)],
             bn_names=list(net.bn_names), bn_features=[bn.num_features for bn in net.batchnorms], bn_stats=bn_stats,
             extra_state=_extra_state(net),
@@ -188,6 +192,8 @@ class TaskBank:
                 len(self.head_tasks), packed_size(numels[-1])) or any(
                 t not in self.tasks or self.slots[t] >= 0 for t in self.head_tasks)):
             raise ArtifactError("head_tasks and head_masks disagree (or name impression tasks): the file is damaged")
+        if self.baseline_entropy and len(self.baseline_entropy) != len(self.tasks):
+            raise ArtifactError("baseline_entropy needs one value per learned task: the file is damaged")
         if self.normalization is not None and (
                 len(self.normalization["mean"]) != len(self.normalization["std"])
                 or len(self.normalization["mean"]) not in (1, self.input_shape[0])):

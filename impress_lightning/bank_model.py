@@ -50,6 +50,8 @@ class TaskBankModel(nn.Module):
                 self.table.coefficients[task].copy_(bank.coefficients[row].float())
             self.table.mask_count.copy_(torch.tensor(bank.mask_counts))
             self.table.num_learned.fill_(len(bank.tasks))
+            if bank.baseline_entropy:
+                self.table.baseline_entropy[: len(bank.tasks)] = torch.tensor(bank.baseline_entropy)
             head = self.net.layers[-1].weight.shape
             for row, task in enumerate(bank.head_tasks):
                 self.table.head_masks[task] = unpack_bits(bank.head_masks[row], head.numel()).view(head).bool()
@@ -107,9 +109,20 @@ class TaskBankModel(nn.Module):
         return self.table.kspace_rows(len(self.tasks), self.bank.num_impressions)
 
     def infer(self, x: Tensor, inference: TaskInference) -> InferenceResult:
-        """Infer the task of batch ``x`` among the learned tasks and classify it (see impress_lightning.inference)."""
+        """Infer the task of batch ``x`` among the learned tasks and classify it (see impress_lightning.inference).
+
+        Labels are unshared when the bank maps each task's outputs to its own labels; a method that calibrates
+        there compares with the baselines the bank stores (one-line error for a bank without them)."""
+        unshared = self.bank.label_maps is not None and any(
+            self.bank.label_maps[t] != self.bank.label_maps[self.tasks[0]] for t in self.tasks)
+        baselines = self.table.baseline_entropy[: len(self.tasks)]
+        if inference.calibrates(unshared) and (inference.objective != "entropy" or bool((baselines < 0).any())):
+            raise ArtifactError("this bank stores no entropy baseline for every task, which calibrated inference "
+                                "compares with: re-export it from a checkpoint of this version, or turn calibration "
+                                "off (--calibrate never / calibrate: never)")
         return inference.infer(self.net, x, self.task_coeffs(), num_classes=self.num_classes, task_ids=self.tasks,
-                               classify=lambda batch, task: self(batch, task))
+                               classify=lambda batch, task: self(batch, task), baselines=baselines,
+                               unshared_labels=unshared)
 
 
 def load_task_bank(path: str | os.PathLike, cache_size: int = 2) -> TaskBankModel:

@@ -28,6 +28,7 @@ from impress_lightning.nn import (
     CombinationRule, Global, LearnMask, MaskRule, PerLayer, PerNeuron, Selection, SupermaskNet, Threshold, TopK,
 )
 from impress_lightning.hybrid import HybridHead
+from impress_lightning.inference.objectives import entropy_objective
 from impress_lightning.placement import AdaptiveBank
 from impress_lightning.schedule import ImpressionSource, Stage, TaskSchedule
 from impress_lightning.tasks import TaskTable, plan_slots
@@ -69,7 +70,8 @@ class ImpressLearnModule(L.LightningModule):
         extra_outputs: never-labelled head outputs (for the "superfluous neurons" task-inference objective).
         seed: backbone, score and random-mask seed; the same on every process.
         eval_cache_size: finished tasks whose combined weights stay materialised for evaluation.
-        probe_batches: batches of a task's probe examples used to score the stored impressions (one-hot start).
+        probe_batches: batches of a task's probe examples used to score the stored impressions (one-hot start)
+            and, once the task is learned, to measure its baseline entropy (calibrated task inference).
     """
 
     def __init__(
@@ -237,20 +239,24 @@ class ImpressLearnModule(L.LightningModule):
         sync_task_statistics(self, self.current_stage.task)
 
     def freeze_stage(self, stage: Stage) -> None:
-        """Freeze what ``stage`` learned: its mask into bank slot ``stage.slot`` of every layer, or its
-        coefficients at their stored precision."""
+        """Freeze what ``stage`` learned: its mask into bank slot ``stage.slot`` of every layer, its
+        coefficients at their stored precision, or its head decision; then, once the task is complete and the
+        datamodule has probe examples, its baseline entropy (calibrated task inference)."""
         if stage.kind == "combination":
             self.table.finish(stage.task)
-            return
-        if stage.kind == "head":
+        elif stage.kind == "head":
             from impress_lightning.hybrid import decide_head
 
             decide_head(self, stage.task, self.rule(self.net.layers[-1].scores).detach())
-            return
-        for layer in self.net.layers:
-            if len(layer.bank) != stage.slot:
-                raise RuntimeError(f"bank holds {len(layer.bank)} masks, expected {stage.slot} before freezing")
-            layer.bank.add(self.rule(layer.scores).detach())
+        else:
+            for layer in self.net.layers:
+                if len(layer.bank) != stage.slot:
+                    raise RuntimeError(f"bank holds {len(layer.bank)} masks, expected {stage.slot} before freezing")
+                layer.bank.add(self.rule(layer.scores).detach())
+        if stage.completes_task and hasattr(getattr(self._trainer, "datamodule", None), "probe_loader"):
+            from impress_lightning.stages import held_out_score
+
+            self.table.baseline_entropy[stage.task] = held_out_score(self, stage.task, entropy_objective)
 
     # ----- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):

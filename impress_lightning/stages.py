@@ -6,7 +6,7 @@ data), and it runs again after a resume at a task's first epoch with the same re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -55,6 +55,24 @@ def probe_accuracy(module: ImpressLearnModule, task: int, selections: Sequence[S
         total += y.numel()
     module.train(was_training)
     return (correct / max(total, 1)).tolist()
+
+
+@torch.no_grad()
+def held_out_score(module: ImpressLearnModule, task: int, score: Callable[[Tensor, int], Tensor]) -> float:
+    """``task``'s mean ``score(logits, num_classes)`` under its own learned weights on the first
+    ``probe_batches`` batches of its probe examples, in eval mode: the baseline that calibrated task inference
+    compares the task's score with (``TaskInference.calibrate``)."""
+    total, count = 0.0, 0
+    was_training = module.training
+    module.eval()
+    for x, _ in probe_batches(module, task, module.hparams.probe_batches):
+        total += float(score(module(x, task), module.num_classes)) * len(x)
+        count += len(x)
+    module.train(was_training)
+    if count == 0:
+        raise ValueError(f"task {task} has no probe examples to measure its baseline on: give it a validation "
+                         "split (data.val_fraction > 0) or training examples")
+    return total / count
 
 
 def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:

@@ -87,10 +87,13 @@ class TaskTable(nn.Module):
         self.register_buffer("head_masks", torch.zeros(len(slots) if hybrid_heads else 0, *head, dtype=torch.bool))
         self.register_buffer("head_kept", torch.zeros(len(slots), dtype=torch.bool))
         self.register_buffer("head_validation", torch.full((len(slots), 2), -1.0))
+        # Each task's mean softmax entropy on its own probe examples when it was learned (-1: not measured):
+        # the baseline calibrated task inference compares it with.
+        self.register_buffer("baseline_entropy", torch.full((len(slots),), -1.0, dtype=torch.float64))
 
     # Buffers newer than the first checkpoints: a checkpoint written before one existed loads it with the value
     # that means "never used" (no hybrid head was possible then), so older runs stay testable and resumable.
-    _LATER_BUFFERS = ("head_masks", "head_kept", "head_validation")
+    _LATER_BUFFERS = ("head_masks", "head_kept", "head_validation", "baseline_entropy")
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in self._LATER_BUFFERS:

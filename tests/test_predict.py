@@ -136,3 +136,33 @@ def test_images_need_normalisation_constants(trained, tmp_path):
     x = torch.full((1, 1, 8, 8), -1.0)  # (0 / 255 - 0.5) / 0.5
     with torch.no_grad():
         assert int(read_csv(tmp_path / "p.csv")[0]["output"]) == trained.module.predict_task(x, 0).item()
+
+
+def test_calibrated_inference_on_a_class_split_bank_uses_its_stored_baselines(trained, tmp_path):
+    from impress_lightning.bank_model import TaskBankModel
+    from impress_lightning.inference import TaskInference
+
+    bank = TaskBank.load(trained.bank)
+    recorded = trained.module.table.baseline_entropy[:3].tolist()
+    assert bank.baseline_entropy == recorded and min(recorded) > 0  # measured when each task was learned
+    model = TaskBankModel(bank)
+    x = next(iter(trained.dm.eval_dataloader(1)))[0][:32]
+    auto = model.infer(x, TaskInference(strategy="exhaustive"))  # split labels: the default calibrates
+    raw = model.infer(x, TaskInference(strategy="exhaustive", calibrate="never"))
+    with torch.no_grad():
+        own = torch.stack([model(x, t)[:, :3].log_softmax(1).exp().mul(model(x, t)[:, :3].log_softmax(1)).sum(1)
+                           .neg().mean().double() for t in range(3)])
+    torch.testing.assert_close(raw.candidate_scores, own)
+    torch.testing.assert_close(auto.candidate_scores, own - torch.tensor(recorded, dtype=torch.float64))
+    assert auto.task == int((own - torch.tensor(recorded, dtype=torch.float64)).argmin())
+
+    torch.save(x, tmp_path / "x.pt")  # a bank written before baselines existed (version 3) is refused there
+    old = {**torch.load(trained.bank, weights_only=True), "format_version": 3}
+    del old["baseline_entropy"]
+    torch.save(old, tmp_path / "v3.pt")
+    assert TaskBank.load(tmp_path / "v3.pt").baseline_entropy == []
+    with pytest.raises(SystemExit, match="stores no entropy baseline for every task.*re-export it.*--calibrate never"):
+        predict("--bank", tmp_path / "v3.pt", "--input", tmp_path / "x.pt", "--infer", "--strategy", "exhaustive")
+    predict("--bank", tmp_path / "v3.pt", "--input", tmp_path / "x.pt", "--infer", "--strategy", "exhaustive",
+            "--calibrate", "never", "--output", tmp_path / "p.csv")
+    assert {int(r["task"]) for r in read_csv(tmp_path / "p.csv")} == {raw.task}

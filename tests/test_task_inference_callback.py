@@ -33,8 +33,7 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
                                 mask_optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
     methods = [TaskInference(strategy="oneshot", objective="entropy"), TaskInference(strategy="binary"),
                TaskInference(strategy="exhaustive", calibrate="always"), TaskInference(strategy="exhaustive")]
-    evaluator = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3,
-                                       calibration_examples=100)
+    evaluator = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
     trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         callbacks=[FreezeImpressions(False), RetentionEvaluator(plots=False), evaluator, checkpoints],
@@ -54,18 +53,21 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
         # with every task inferred right, inferred-id accuracy is the task-id-given accuracy (on 3 batches)
         assert summary["accuracy"] == pytest.approx(sum(retention) / 3, abs=0.08)
 
-    # A calibrated method's baseline: the task's mean entropy on its own first 100 held-out examples.
+    # A calibrated method's baseline: the entropy the task table recorded when the task was learned, its mean
+    # entropy on its own first probe_batches held-out batches.
     module.eval()
     with torch.no_grad():
-        x = torch.cat([x for x, _ in dm.probe_loader(1)])[:100]
+        batches = list(dm.probe_loader(1))[: module.hparams.probe_batches]
+        x = torch.cat([x for x, _ in batches])
         expected = float(entropy_objective(module(x, 1)[:, :10]))
+    assert module.table.baseline_entropy[1].item() == pytest.approx(expected, rel=1e-5)
     assert sorted(evaluator._baselines) == [("entropy", t) for t in range(3)]
-    assert evaluator._baselines["entropy", 1] == pytest.approx(expected, rel=1e-5)
+    assert [evaluator._baselines["entropy", t] for t in range(3)] == module.table.baseline_entropy.tolist()
 
     # `impress-lightning test` path: a fresh trainer on the checkpoint runs the same evaluation.
     fresh = ImpressLearnModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     assert int(fresh.tasks_learned) == 3
-    again = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3, calibration_examples=100)
+    again = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3)
     L.Trainer(callbacks=[again], logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "test").test(
         fresh, dm)
     assert again.results["2"]["methods"] == final["methods"]

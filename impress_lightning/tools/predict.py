@@ -29,7 +29,7 @@ from impress_lightning.atomic import atomic_write
 from impress_lightning.bank_model import TaskBankModel
 from impress_lightning.commands import COMMANDS
 from impress_lightning.data import NormalizeCollate
-from impress_lightning.inference.task_inference import StrategyName
+from impress_lightning.inference.task_inference import CalibrateWhen, StrategyName
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _PIL_MODES = {1: "L", 3: "RGB"}
@@ -185,6 +185,9 @@ def build_parser() -> ArgumentParser:
                         help="task-inference strategy (with --infer; see docs/task_inference.md)")
     parser.add_argument("--objective", default="entropy", choices=["entropy", "superfluous"],
                         help="task-inference objective (with --infer)")
+    parser.add_argument("--calibrate", default="unshared_labels", choices=list(get_args(CalibrateWhen)),
+                        help="shortlist / exhaustive: compare tasks against the baselines the bank stores "
+                             "(default: where labels are unshared)")
     parser.add_argument("--infer_examples", type=int, default=None,
                         help="leading examples of each batch that drive task inference (default: the whole batch)")
     parser.add_argument("--output", type=Path, help="preds.csv or preds.json (default: CSV on stdout)")
@@ -219,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             from impress_lightning.inference import TaskInference
 
             inference = TaskInference(strategy=args.strategy, objective=args.objective,
-                                      num_examples=args.infer_examples)
+                                      num_examples=args.infer_examples, calibrate=args.calibrate)
         else:
             model.check_task(args.task)
         norm = bank.normalization if args.mean is None else {"mean": args.mean, "std": args.std}
