@@ -6,9 +6,9 @@ alone on every device. ``torch.topk`` leaves that order unspecified and is a par
 mask-learning step); here the k-th largest magnitude is found from histograms instead.
 
 For floats of one sign, the order of the values is the order of their bit patterns read as integers, so
-``|x|`` is the pattern with the sign bit cleared. Three histograms (``bincount``) of successive digits of those
-integers, each over the entries that share the digits fixed so far, pin down the k-th largest pattern
-exactly: one pass over the whole tensor plus passes over ever smaller candidate sets.
+``|x|`` is the pattern with the sign bit cleared. A histogram (``bincount``) of the top 16 of those bits over
+the whole tensor finds the bin holding the k-th largest; a histogram of the remaining bits of the few
+entries in that bin pins it exactly (float32: two levels; float16/bfloat16: one; float64: five).
 """
 
 from __future__ import annotations
@@ -21,58 +21,102 @@ _INT_OF_FLOAT = {torch.float32: (torch.int32, 32), torch.float64: (torch.int64, 
 # Smallest magnitude bit pattern of inf/NaN per format (all exponent bits set).
 _NON_FINITE_FLOOR = {dtype: int(torch.tensor(float("inf"), dtype=dtype).view(int_dtype))
                      for dtype, (int_dtype, _) in _INT_OF_FLOAT.items()}
-_DIGIT_BITS = 11  # 2,048 bins per histogram: three passes cover a float32's 31 magnitude bits
-_SELECT_DIRECTLY = 1 << 13  # up to this many entries, kthvalue is quicker than the histograms' fixed cost
+# The first histogram takes the top 16 magnitude bits (65,536 bins: the candidates left in one bin are few,
+# ~0.1% of a layer of scores), the later ones 15 bits each, over the candidates only.
+_FIRST_DIGIT_BITS, _DIGIT_BITS = 16, 15
+_SELECT_DIRECTLY = 1 << 15  # up to this many entries, kthvalue is quicker than the histograms' fixed cost
 NON_FINITE = "mask scores contain inf or NaN: the run diverged; lower the mask optimizer's lr"
 
 
-def magnitude_bits(scores: Tensor) -> tuple[Tensor, int]:
-    """``|scores|`` as non-negative integers of the same order (flattened), and their significant bits."""
+def _int_view(scores: Tensor) -> tuple[Tensor, int]:
+    """The scores' bit patterns as integers (flattened; no copy when contiguous) and the format's width."""
     if scores.dtype not in _INT_OF_FLOAT:
         raise TypeError(f"top-k selection needs float scores, got {scores.dtype}")
     int_dtype, width = _INT_OF_FLOAT[scores.dtype]
-    sign_cleared = (1 << (width - 1)) - 1
-    return scores.detach().contiguous().view(int_dtype).flatten() & sign_cleared, width - 1
+    return scores.detach().contiguous().view(int_dtype).flatten(), width
 
 
-def kth_largest(bits: Tensor, significant: int, k: int, forbidden_from: int | None = None) -> tuple[int, int, int]:
-    """The k-th largest of the non-negative integers ``bits`` (``1 <= k <= numel``, values below
-    ``2**significant``): ``(value, how many of the k largest equal it, how many entries equal it)``.
+def magnitude_bits(scores: Tensor, out: Tensor | None = None) -> Tensor:
+    """``|scores|`` as non-negative integers of the same order (flattened); written into ``out`` if given."""
+    raw, width = _int_view(scores)
+    return torch.bitwise_and(raw, (1 << (width - 1)) - 1, out=out)
 
-    ``forbidden_from``: a ValueError is raised when any value is at least this (it must be a multiple of the
-    first histogram's bin width, as the inf/NaN floor of a float format is).
+
+def _digit_shifts(significant: int) -> list[int]:
+    """Right shifts of the successive digits, most significant first (the last one is 0)."""
+    first = max(significant - _FIRST_DIGIT_BITS, 0)
+    return [*range(first, 0, -_DIGIT_BITS), 0] if first > 0 else [0]
+
+
+def _locate(counts: Tensor, wanted: int) -> tuple[int, int, int]:
+    """The bin of a histogram (bins ascending) holding the ``wanted``-th largest entry:
+    ``(bin, how many of the wanted largest are in it, how many entries it holds)``."""
+    # Entries in this bin or above it, from the top bin down; the wanted-th largest lies in the first bin
+    # where that total reaches ``wanted``.
+    at_or_above = counts.flip(0).cumsum(0)
+    from_top = int(torch.searchsorted(at_or_above, wanted))
+    digit = counts.numel() - 1 - from_top
+    in_bin, total = (int(v) for v in torch.stack([counts[digit], at_or_above[from_top]]).tolist())
+    return digit, wanted - (total - in_bin), in_bin  # the entries of the higher bins are all kept
+
+
+def kth_largest_magnitude(scores: Tensor, k: int, work: Tensor) -> tuple[int, int | None]:
+    """The k-th largest ``|score|`` as a bit pattern (``1 <= k <= numel``) and how many of the entries with
+    that pattern are among the k largest (None: all of them). Raises a ValueError when a score is inf or NaN.
+
+    ``work``: an integer tensor of the scores' size, used as the first histogram's scratch space (its
+    contents are lost): the one pass over the whole layer then allocates nothing.
     """
-    if bits.numel() <= _SELECT_DIRECTLY:
-        return _kth_largest_directly(bits, k, forbidden_from)
-    shifts = [*range(significant - _DIGIT_BITS, 0, -_DIGIT_BITS), 0]
-    candidates, prefix, wanted = bits, 0, k
-    for level, shift in enumerate(shifts):
-        digits = candidates >> shift
-        if level > 0:  # the higher digits are the same for every candidate: drop them
-            digits &= (1 << _DIGIT_BITS) - 1
-        counts = torch.bincount(digits, minlength=1 << _DIGIT_BITS)
-        # Entries in this bin or above it, from the top bin down; the k-th largest lies in the first bin where
-        # that total reaches the number still wanted.
-        at_or_above = counts.flip(0).cumsum(0)
-        if level == 0 and forbidden_from is not None and int(at_or_above[-1 - (forbidden_from >> shift)]):
-            raise ValueError(NON_FINITE)
-        from_top = int(torch.searchsorted(at_or_above, wanted))
-        digit = counts.numel() - 1 - from_top
-        in_bin, total = (int(v) for v in torch.stack([counts[digit], at_or_above[from_top]]).tolist())
-        wanted -= total - in_bin  # the entries of the higher bins are all among the k largest
-        prefix |= digit << shift
-        if shift > 0:
-            candidates = candidates[digits == digit]
-    return prefix, wanted, in_bin
-
-
-def _kth_largest_directly(bits: Tensor, k: int, forbidden_from: int | None) -> tuple[int, int, int]:
-    """:func:`kth_largest` by ``kthvalue`` (quicker than three histograms on a small tensor)."""
-    value = int(bits.kthvalue(bits.numel() - k + 1).values)
-    if forbidden_from is not None and int(bits.max()) >= forbidden_from:
+    raw, width = _int_view(scores)
+    magnitudes = magnitude_bits(scores, out=work)
+    floor = _NON_FINITE_FLOOR[scores.dtype]
+    if raw.numel() <= _SELECT_DIRECTLY:
+        return _kth_largest_directly(magnitudes, k, floor)
+    shifts = _digit_shifts(width - 1)
+    digits = magnitudes.__irshift__(shifts[0])  # the top digits, in place
+    counts = torch.bincount(digits, minlength=1 << (width - 1 - shifts[0]))
+    if int(counts[floor >> shifts[0]:].sum()):  # the inf/NaN floor is a multiple of the bin width
         raise ValueError(NON_FINITE)
-    above, equal = (int(v) for v in torch.stack([(bits > value).sum(), (bits == value).sum()]).tolist())
-    return value, k - above, equal
+    digit, wanted, in_bin = _locate(counts, k)
+    prefix = digit << shifts[0]
+    if len(shifts) > 1:  # the few entries in that bin: their magnitudes re-read from the scores
+        candidates = raw[digits.eq_(digit).nonzero().flatten()] & ((1 << (width - 1)) - 1)
+        for level, shift in enumerate(shifts[1:], start=1):
+            bin_bits = shifts[level - 1] - shift  # the higher digits are the same for every candidate
+            digits = (candidates >> shift) & ((1 << bin_bits) - 1)
+            digit, wanted, in_bin = _locate(torch.bincount(digits, minlength=1 << bin_bits), wanted)
+            prefix |= digit << shift
+            if shift > 0:
+                candidates = candidates[digits == digit]
+    return prefix, None if wanted == in_bin else wanted
+
+
+def _kth_largest_directly(bits: Tensor, k: int, forbidden_from: int) -> tuple[int, int | None]:
+    """:func:`kth_largest_magnitude` of small tensors, by ``kthvalue`` (quicker than the histograms there)."""
+    value = bits.kthvalue(bits.numel() - k + 1).values
+    top, at_or_above = (int(v) for v in torch.stack([bits.max(), (bits >= value).sum()]).tolist())
+    if top >= forbidden_from:
+        raise ValueError(NON_FINITE)
+    if at_or_above == k:  # the usual case: no tie split at the boundary, one count settles it
+        return int(value), None
+    return int(value), k - int((bits > value).sum())
+
+
+def _boundary(scores: Tensor, k: int) -> tuple[Tensor, int, int | None]:
+    """``(|scores| bits (flat), k-th largest, how many entries equal to it are kept (None: all))``."""
+    work = torch.empty_like(_int_view(scores)[0])
+    threshold, ties_kept = kth_largest_magnitude(scores, k, work)
+    return magnitude_bits(scores, out=work), threshold, ties_kept
+
+
+def _keep(bits: Tensor, threshold: int, ties_kept: int | None) -> Tensor:
+    """Bool keep mask (flat): every magnitude above the threshold, and of those equal to it all (``ties_kept``
+    None) or the ``ties_kept`` lowest indices."""
+    if ties_kept is None:
+        return bits >= threshold
+    keep = bits > threshold
+    keep[(bits == threshold).nonzero().flatten()[:ties_kept]] = True
+    return keep
 
 
 def topk_keep(scores: Tensor, k: int) -> Tensor:
@@ -80,13 +124,28 @@ def topk_keep(scores: Tensor, k: int) -> Tensor:
 
     Raises a ValueError when a score is infinite or NaN (a diverged run).
     """
-    bits, significant = magnitude_bits(scores)
     if k <= 0:
+        _int_view(scores)  # the same TypeError for non-float scores
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    threshold, equal_kept, equal_total = kth_largest(bits, significant, k, _NON_FINITE_FLOOR[scores.dtype])
-    if equal_kept == equal_total:
-        return (bits >= threshold).view(scores.shape)
-    # More entries equal the k-th largest than fit: keep the lowest indices among them.
-    keep = bits > threshold
-    keep[(bits == threshold).nonzero().flatten()[:equal_kept]] = True
-    return keep.view(scores.shape)
+    return _keep(*_boundary(scores, k)).view(scores.shape)
+
+
+def topk_masked(scores: Tensor, weight: Tensor, k: int) -> Tensor:
+    """``weight * topk_keep(scores, k)`` (the float product, signed zeros included), in fewer passes.
+
+    Where the boundary splits no ties and ``weight`` has the format of ``scores``, the product is built on the
+    bit patterns, in place in the selection's scratch tensor: ``threshold - 1 - |score bits|`` is negative
+    exactly for the kept entries, so an arithmetic shift by ``width - 1`` turns it into all-ones there and
+    zero elsewhere; with the sign bit added, ANDing that word into ``weight`` keeps a kept weight and turns a
+    dropped one into the zero of its sign (``w * 0.0``). No compare, bool-to-float conversion or multiply.
+    """
+    if k <= 0 or weight.shape != scores.shape:
+        return weight * topk_keep(scores, k).to(weight.dtype)
+    bits, threshold, ties_kept = _boundary(scores, k)
+    if ties_kept is not None or weight.dtype != scores.dtype or not weight.is_contiguous():
+        return weight * _keep(bits, threshold, ties_kept).view(scores.shape).to(weight.dtype)
+    width = _INT_OF_FLOAT[weight.dtype][1]
+    keep_word = bits.neg_().add_(threshold - 1).__irshift__(width - 1)
+    keep_word |= -(1 << (width - 1))  # the sign bit: a dropped weight becomes the zero of its own sign
+    keep_word &= weight.view(bits.dtype).flatten()
+    return keep_word.view(weight.dtype).view(weight.shape)
