@@ -65,11 +65,13 @@ def test_topk_keep_matches_torch_topk_without_ties() -> None:
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_topk_keep_rejects_non_finite_scores(bad: float) -> None:
-    scores = torch.randn(50, 40)
-    scores[3, 7] = bad
-    with pytest.raises(ValueError, match="inf or NaN"):
-        topk_keep(scores, 10)  # even when the bad entry would not be the boundary
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_topk_keep_rejects_non_finite_scores(bad: float, dtype: torch.dtype) -> None:
+    for shape in [(50, 40), (200, 200)]:  # selected by kthvalue, by the histogram
+        scores = torch.randn(shape).to(dtype)
+        scores[3, 7] = bad
+        with pytest.raises(ValueError, match="inf or NaN"):
+            topk_keep(scores, 10)  # even when the bad entry would not be the boundary
 
 
 def test_topk_keep_rejects_integer_scores() -> None:

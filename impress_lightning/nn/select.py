@@ -6,9 +6,9 @@ alone on every device. ``torch.topk`` leaves that order unspecified and is a par
 mask-learning step); here the k-th largest magnitude is found from histograms instead.
 
 For floats of one sign, the order of the values is the order of their bit patterns read as integers, so
-``|x|`` is the pattern with the sign bit cleared. A histogram (``bincount``) of the top 16 of those bits over
-the whole tensor finds the bin holding the k-th largest; a histogram of the remaining bits of the few
-entries in that bin pins it exactly (float32: two levels; float16/bfloat16: one; float64: five).
+``|x|`` is the pattern with the sign bit cleared. A histogram (``bincount``) of the top bits of those
+integers over the whole tensor finds the bin holding the k-th largest; ``kthvalue`` among the few entries in
+that bin pins it exactly.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ _INT_OF_FLOAT = {torch.float32: (torch.int32, 32), torch.float64: (torch.int64, 
 # Smallest magnitude bit pattern of inf/NaN per format (all exponent bits set).
 _NON_FINITE_FLOOR = {dtype: int(torch.tensor(float("inf"), dtype=dtype).view(int_dtype))
                      for dtype, (int_dtype, _) in _INT_OF_FLOAT.items()}
-# The first histogram takes the top 16 magnitude bits (65,536 bins: the candidates left in one bin are few,
-# ~0.1% of a layer of scores), the later ones 15 bits each, over the candidates only.
-_FIRST_DIGIT_BITS, _DIGIT_BITS = 16, 15
-_SELECT_DIRECTLY = 1 << 15  # up to this many entries, kthvalue is quicker than the histograms' fixed cost
+# The histogram takes the top bits of the magnitudes, more of them for larger layers (up to 16: 65,536 bins),
+# so that the bin holding the k-th largest keeps only a few thousand candidates while the histogram's fixed
+# cost (filling, flipping and summing its bins) stays small next to the pass over the layer.
+_MAX_DIGIT_BITS, _MIN_DIGIT_BITS = 16, 11  # at least 11: a float64's inf/NaN floor then falls on a bin edge
+_SELECT_DIRECTLY = 1 << 12  # up to this many entries, kthvalue is quicker than the histogram's fixed cost
 NON_FINITE = "mask scores contain inf or NaN: the run diverged; lower the mask optimizer's lr"
 
 
@@ -40,12 +41,6 @@ def magnitude_bits(scores: Tensor, out: Tensor | None = None) -> Tensor:
     """``|scores|`` as non-negative integers of the same order (flattened); written into ``out`` if given."""
     raw, width = _int_view(scores)
     return torch.bitwise_and(raw, (1 << (width - 1)) - 1, out=out)
-
-
-def _digit_shifts(significant: int) -> list[int]:
-    """Right shifts of the successive digits, most significant first (the last one is 0)."""
-    first = max(significant - _FIRST_DIGIT_BITS, 0)
-    return [*range(first, 0, -_DIGIT_BITS), 0] if first > 0 else [0]
 
 
 def _locate(counts: Tensor, wanted: int) -> tuple[int, int, int]:
@@ -72,23 +67,19 @@ def kth_largest_magnitude(scores: Tensor, k: int, work: Tensor) -> tuple[int, in
     floor = _NON_FINITE_FLOOR[scores.dtype]
     if raw.numel() <= _SELECT_DIRECTLY:
         return _kth_largest_directly(magnitudes, k, floor)
-    shifts = _digit_shifts(width - 1)
-    digits = magnitudes.__irshift__(shifts[0])  # the top digits, in place
-    counts = torch.bincount(digits, minlength=1 << (width - 1 - shifts[0]))
-    if int(counts[floor >> shifts[0]:].sum()):  # the inf/NaN floor is a multiple of the bin width
+    digit_bits = min(max(raw.numel().bit_length() - 4, _MIN_DIGIT_BITS), _MAX_DIGIT_BITS, width - 1)
+    shift = width - 1 - digit_bits
+    digits = magnitudes.__irshift__(shift)  # the top digits, in place
+    counts = torch.bincount(digits, minlength=1 << digit_bits)
+    if int(counts[floor >> shift:].sum()):  # the inf/NaN floor is a multiple of the bin width
         raise ValueError(NON_FINITE)
     digit, wanted, in_bin = _locate(counts, k)
-    prefix = digit << shifts[0]
-    if len(shifts) > 1:  # the few entries in that bin: their magnitudes re-read from the scores
-        candidates = raw[digits.eq_(digit).nonzero().flatten()] & ((1 << (width - 1)) - 1)
-        for level, shift in enumerate(shifts[1:], start=1):
-            bin_bits = shifts[level - 1] - shift  # the higher digits are the same for every candidate
-            digits = (candidates >> shift) & ((1 << bin_bits) - 1)
-            digit, wanted, in_bin = _locate(torch.bincount(digits, minlength=1 << bin_bits), wanted)
-            prefix |= digit << shift
-            if shift > 0:
-                candidates = candidates[digits == digit]
-    return prefix, None if wanted == in_bin else wanted
+    if shift == 0:  # the digits were the whole magnitudes (16-bit formats)
+        return digit, None if wanted == in_bin else wanted
+    # The entries of that bin, their magnitudes re-read from the scores; every entry equal to the k-th
+    # largest is among them, so selecting among them alone is exact.
+    candidates = raw[digits.eq_(digit).nonzero().flatten()] & ((1 << (width - 1)) - 1)
+    return _kth_largest_directly(candidates, wanted, floor)
 
 
 def _kth_largest_directly(bits: Tensor, k: int, forbidden_from: int) -> tuple[int, int | None]:
