@@ -25,7 +25,7 @@ _NON_FINITE_FLOOR = {dtype: int(torch.tensor(float("inf"), dtype=dtype).view(int
 # so that the bin holding the k-th largest keeps only a few thousand candidates while the histogram's fixed
 # cost (filling, flipping and summing its bins) stays small next to the pass over the layer.
 _MAX_DIGIT_BITS, _MIN_DIGIT_BITS = 16, 11  # at least 11: a float64's inf/NaN floor then falls on a bin edge
-_SELECT_DIRECTLY = 1 << 12  # up to this many entries, kthvalue is quicker than the histogram's fixed cost
+_SELECT_DIRECTLY = 1 << 14  # up to this many entries, kthvalue is quicker than the histogram's fixed cost
 NON_FINITE = "mask scores contain inf or NaN: the run diverged; lower the mask optimizer's lr"
 
 
@@ -37,67 +37,64 @@ def _int_view(scores: Tensor) -> tuple[Tensor, int]:
     return scores.detach().contiguous().view(int_dtype).flatten(), width
 
 
-def magnitude_bits(scores: Tensor, out: Tensor | None = None) -> Tensor:
-    """``|scores|`` as non-negative integers of the same order (flattened); written into ``out`` if given."""
-    raw, width = _int_view(scores)
-    return torch.bitwise_and(raw, (1 << (width - 1)) - 1, out=out)
-
-
-def _locate(counts: Tensor, wanted: int) -> tuple[int, int, int]:
+def _locate(counts: Tensor, wanted: int, forbidden_bin: int) -> tuple[int, int, int]:
     """The bin of a histogram (bins ascending) holding the ``wanted``-th largest entry:
-    ``(bin, how many of the wanted largest are in it, how many entries it holds)``."""
-    # Entries in this bin or above it, from the top bin down; the wanted-th largest lies in the first bin
-    # where that total reaches ``wanted``.
-    at_or_above = counts.flip(0).cumsum(0)
-    from_top = int(torch.searchsorted(at_or_above, wanted))
-    digit = counts.numel() - 1 - from_top
-    in_bin, total = (int(v) for v in torch.stack([counts[digit], at_or_above[from_top]]).tolist())
-    return digit, wanted - (total - in_bin), in_bin  # the entries of the higher bins are all kept
+    ``(bin, how many of the wanted largest are in it, how many entries it holds)``, read in one host sync.
+    Raises NON_FINITE when any entry lies in ``forbidden_bin`` or above."""
+    from_the_top = counts.flip(0)
+    at_or_above = from_the_top.cumsum(0)  # entries in each bin or above it, from the top bin down
+    found = (at_or_above < wanted).sum()  # the first bin (from the top) where that total reaches `wanted`
+    found, in_bin, total, forbidden = torch.stack([found, from_the_top[found], at_or_above[found],
+                                                   at_or_above[counts.numel() - 1 - forbidden_bin]]).tolist()
+    if forbidden:
+        raise ValueError(NON_FINITE)
+    return counts.numel() - 1 - found, wanted - (total - in_bin), in_bin  # the higher bins' entries are all kept
 
 
-def kth_largest_magnitude(scores: Tensor, k: int, work: Tensor) -> tuple[int, int | None]:
-    """The k-th largest ``|score|`` as a bit pattern (``1 <= k <= numel``) and how many of the entries with
-    that pattern are among the k largest (None: all of them). Raises a ValueError when a score is inf or NaN.
+def _kth_largest(raw: Tensor, magnitudes: Tensor, width: int, k: int, floor: int) -> tuple[int, int | None]:
+    """The k-th largest of the ``magnitudes`` (the sign-cleared patterns of ``raw``, ``1 <= k <= numel``) and
+    how many of the entries equal to it are among the k largest (None: all of them). NON_FINITE is raised
+    when a magnitude is at least ``floor``.
 
-    ``work``: an integer tensor of the scores' size, used as the first histogram's scratch space (its
-    contents are lost): the one pass over the whole layer then allocates nothing.
+    ``magnitudes`` is overwritten: it is the histogram's scratch space, so the one pass over the whole layer
+    allocates nothing.
     """
-    raw, width = _int_view(scores)
-    magnitudes = magnitude_bits(scores, out=work)
-    floor = _NON_FINITE_FLOOR[scores.dtype]
     if raw.numel() <= _SELECT_DIRECTLY:
         return _kth_largest_directly(magnitudes, k, floor)
     digit_bits = min(max(raw.numel().bit_length() - 4, _MIN_DIGIT_BITS), _MAX_DIGIT_BITS, width - 1)
     shift = width - 1 - digit_bits
     digits = magnitudes.__irshift__(shift)  # the top digits, in place
-    counts = torch.bincount(digits, minlength=1 << digit_bits)
-    if int(counts[floor >> shift:].sum()):  # the inf/NaN floor is a multiple of the bin width
-        raise ValueError(NON_FINITE)
-    digit, wanted, in_bin = _locate(counts, k)
+    # The inf/NaN floor is a multiple of the bin width: the bins from its own up hold exactly the non-finite.
+    digit, wanted, in_bin = _locate(torch.bincount(digits, minlength=1 << digit_bits), k, floor >> shift)
     if shift == 0:  # the digits were the whole magnitudes (16-bit formats)
         return digit, None if wanted == in_bin else wanted
     # The entries of that bin, their magnitudes re-read from the scores; every entry equal to the k-th
     # largest is among them, so selecting among them alone is exact.
     candidates = raw[digits.eq_(digit).nonzero().flatten()] & ((1 << (width - 1)) - 1)
-    return _kth_largest_directly(candidates, wanted, floor)
+    return _kth_largest_directly(candidates, wanted, None)
 
 
-def _kth_largest_directly(bits: Tensor, k: int, forbidden_from: int) -> tuple[int, int | None]:
-    """:func:`kth_largest_magnitude` of small tensors, by ``kthvalue`` (quicker than the histograms there)."""
+def _kth_largest_directly(bits: Tensor, k: int, forbidden_from: int | None) -> tuple[int, int | None]:
+    """:func:`_kth_largest` of small tensors, by ``kthvalue`` (quicker than the histogram there), in
+    one host sync unless the boundary splits ties. ``forbidden_from``: NON_FINITE for any value at least this."""
     value = bits.kthvalue(bits.numel() - k + 1).values
-    top, at_or_above = (int(v) for v in torch.stack([bits.max(), (bits >= value).sum()]).tolist())
-    if top >= forbidden_from:
+    checks = [value, (bits >= value).sum()] + ([bits.max()] if forbidden_from is not None else [])
+    value, at_or_above, *top = torch.stack(checks).tolist()
+    if top and top[0] >= forbidden_from:
         raise ValueError(NON_FINITE)
-    if at_or_above == k:  # the usual case: no tie split at the boundary, one count settles it
-        return int(value), None
-    return int(value), k - int((bits > value).sum())
+    if at_or_above == k:  # the usual case: no tie split at the boundary
+        return value, None
+    return value, k - int((bits > value).sum())
 
 
 def _boundary(scores: Tensor, k: int) -> tuple[Tensor, int, int | None]:
-    """``(|scores| bits (flat), k-th largest, how many entries equal to it are kept (None: all))``."""
-    work = torch.empty_like(_int_view(scores)[0])
-    threshold, ties_kept = kth_largest_magnitude(scores, k, work)
-    return magnitude_bits(scores, out=work), threshold, ties_kept
+    """``(|scores| as integers of the same order (flat), the k-th largest, how many entries equal to it are
+    kept (None: all))``. Raises a ValueError when a score is infinite or NaN (a diverged run)."""
+    raw, width = _int_view(scores)
+    sign_cleared = (1 << (width - 1)) - 1
+    work = raw & sign_cleared
+    threshold, ties_kept = _kth_largest(raw, work, width, k, _NON_FINITE_FLOOR[scores.dtype])
+    return torch.bitwise_and(raw, sign_cleared, out=work), threshold, ties_kept
 
 
 def _keep(bits: Tensor, threshold: int, ties_kept: int | None) -> Tensor:
