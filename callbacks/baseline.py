@@ -25,19 +25,26 @@ def impressions_before(pl_module: L.LightningModule, task: int) -> int:
 
 
 def best_single_impression(pl_module: L.LightningModule, task: int,
-                           evaluate: Callable[[Callable[[Tensor], Tensor]], float]) -> dict[str, float | int] | None:
-    """``{"accuracy", "slot"}`` of the stored impression that scores best on ``task`` when used alone, or None
-    when nothing was stored before the task. ``evaluate(predict)`` is the accuracy of a batch-to-labels
-    function on the task's evaluation split (``RetentionEvaluator`` passes its own). BN layers normalise with
-    each batch's own statistics, as the probe does: the task's statistics belong to its own weights."""
+                           evaluate: Callable[[Callable[[Tensor], Tensor]], float],
+                           max_slots: int | None = None) -> dict[str, float | int] | None:
+    """``{"accuracy", "slot", "probed"}`` of the stored impression that scores best on ``task`` when used
+    alone, among the ``probed`` ones evaluated, or None when nothing was stored before the task.
+    ``evaluate(predict)`` is the accuracy of a batch-to-labels function on the task's evaluation split
+    (``RetentionEvaluator`` passes its own). BN layers normalise with each batch's own statistics, as the
+    probe does: the task's statistics belong to its own weights.
+
+    ``max_slots``: evaluate only the most recently stored this many impressions (None: all of them). A SupSup
+    stream stores one per task, so evaluating all is quadratic in the stream's length.
+    """
     stored = impressions_before(pl_module, task)
     if stored < 1:
         return None
+    first = 0 if max_slots is None else max(stored - max_slots, 0)
     bn = "batch" if pl_module.net.bn_names else None
 
     def alone(slot: int) -> Callable[[Tensor], Tensor]:
         return lambda x: pl_module.net(x, Impression(slot), bn_task=bn)[:, : pl_module.num_classes].argmax(dim=1)
 
-    scores = [evaluate(alone(slot)) for slot in range(stored)]
-    best = max(range(stored), key=lambda s: scores[s])
-    return {"accuracy": scores[best], "slot": best}
+    scores = {slot: evaluate(alone(slot)) for slot in range(first, stored)}
+    best = max(scores, key=lambda s: scores[s])  # ties: the earliest slot
+    return {"accuracy": scores[best], "slot": best, "probed": len(scores)}

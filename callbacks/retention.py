@@ -78,6 +78,10 @@ class RetentionEvaluator(L.Callback):
         baseline: evaluate every impression stored before a task alone on that task (one evaluation per
             stored impression and task): the best single impression's accuracy, the reference a combination
             task has to beat, and forward transfer.
+        baseline_slots: evaluate only the most recently stored this many impressions for the baseline (None:
+            all). A SupSup stream stores one impression per task, so the full baseline costs T evaluations
+            after task T (quadratic in the stream); with a number it stays flat, and the baseline is the best
+            of those impressions (``best_impression_probed`` in retention.json says how many were evaluated).
         old_tasks: how many earlier tasks to re-evaluate after each task, those measured longest ago first;
             None re-evaluates all of them (T evaluations after task T: quadratic in a long stream). With a
             number, the cost per task stays flat; the cells skipped are None in the matrix, the metrics read
@@ -85,10 +89,14 @@ class RetentionEvaluator(L.Callback):
     """
 
     def __init__(self, split: Literal["test", "val"] = "test", output_dir: str | None = None, plots: bool = True,
-                 baseline: bool = True, old_tasks: int | None = None) -> None:
+                 baseline: bool = True, old_tasks: int | None = None, baseline_slots: int | None = None) -> None:
         if old_tasks is not None and old_tasks < 0:
             raise ValueError(f"RetentionEvaluator.old_tasks={old_tasks} must be >= 0 or null (re-evaluate all)")
+        if baseline_slots is not None and baseline_slots < 1:
+            raise ValueError(f"RetentionEvaluator.baseline_slots={baseline_slots} must be >= 1 or null (all "
+                             "stored impressions); to skip the baseline set baseline: false")
         self.split, self.output_dir, self.plots, self.baseline = split, output_dir, plots, baseline
+        self.baseline_slots = baseline_slots
         self.old_tasks = old_tasks
         self.matrix: list[list[float | None]] = []
         self.task_seconds: list[float] = []
@@ -134,7 +142,8 @@ class RetentionEvaluator(L.Callback):
         for j in tasks:
             row[j] = evaluate_task(trainer, pl_module, j, self.split)
         best = (best_single_impression(pl_module, stage.task,
-                                       lambda predict: evaluate_task(trainer, pl_module, stage.task, self.split, predict))
+                                       lambda predict: evaluate_task(trainer, pl_module, stage.task, self.split, predict),
+                                       self.baseline_slots)
                 if self.baseline else None)
         pl_module.train(was_training)
         self.matrix = self.matrix[: stage.task] + [row]
@@ -205,4 +214,6 @@ class RetentionEvaluator(L.Callback):
 def _baseline_fields(best_impression: list[dict[str, float | int] | None], task: int) -> dict[str, Any]:
     best = best_impression[task] if task < len(best_impression) else None
     return {"best_impression_accuracy": None if best is None else best["accuracy"],
-            "best_impression_slot": None if best is None else best["slot"]}
+            "best_impression_slot": None if best is None else best["slot"],
+            # None too for tasks measured before the count was recorded (they evaluated every stored one).
+            "best_impression_probed": None if best is None else best.get("probed")}

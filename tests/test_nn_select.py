@@ -7,7 +7,7 @@ import torch
 
 from impress_lightning.nn import Threshold, TopK
 from impress_lightning.nn.masks import _StraightThrough
-from impress_lightning.nn.select import topk_keep
+from impress_lightning.nn.select import topk_keep, topk_masked
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -41,6 +41,21 @@ def test_topk_keep_equals_the_exact_rule(dtype: torch.dtype) -> None:
             assert torch.equal(topk_keep(scores, k), exact_rule(scores, k)), (shape, name, k)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_topk_masked_is_the_float_product_bit_for_bit(dtype: torch.dtype) -> None:
+    """The bit-pattern product equals ``weight * mask`` exactly, the zero's sign of a dropped weight included."""
+    int_dtype = {torch.float32: torch.int32, torch.float64: torch.int64}.get(dtype, torch.int16)
+    for shape in [(61, 97), (200, 200)]:
+        gen = torch.Generator().manual_seed(shape[0])
+        weight = torch.randn(shape, generator=gen).to(dtype)
+        for name, scores in score_cases(shape, dtype, seed=shape[1]).items():
+            n = scores.numel()
+            for k in sorted({0, 1, n // 10, n // 2, n}):
+                expected = weight * exact_rule(scores, k).to(dtype)
+                assert torch.equal(topk_masked(scores, weight, k).view(int_dtype), expected.view(int_dtype)), (
+                    shape, name, k)
+
+
 def test_topk_keep_matches_torch_topk_without_ties() -> None:
     scores = torch.randn(1024, 784, generator=torch.Generator().manual_seed(3))
     k = 80282
@@ -50,11 +65,13 @@ def test_topk_keep_matches_torch_topk_without_ties() -> None:
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_topk_keep_rejects_non_finite_scores(bad: float) -> None:
-    scores = torch.randn(50, 40)
-    scores[3, 7] = bad
-    with pytest.raises(ValueError, match="inf or NaN"):
-        topk_keep(scores, 10)  # even when the bad entry would not be the boundary
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_topk_keep_rejects_non_finite_scores(bad: float, dtype: torch.dtype) -> None:
+    for shape in [(50, 40), (200, 200)]:  # selected by kthvalue, by the histogram
+        scores = torch.randn(shape).to(dtype)
+        scores[3, 7] = bad
+        with pytest.raises(ValueError, match="inf or NaN"):
+            topk_keep(scores, 10)  # even when the bad entry would not be the boundary
 
 
 def test_topk_keep_rejects_integer_scores() -> None:
@@ -72,9 +89,9 @@ def unfused(rule, scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("rule", [TopK(0.1), TopK(0.5), Threshold(0.0), Threshold(0.01)], ids=repr)
 @pytest.mark.parametrize("ties", [False, True])
-def test_fused_masked_weight_is_bit_identical_in_values_and_gradients(rule, ties: bool) -> None:
+@pytest.mark.parametrize("shape", [(64, 48), (256, 160)], ids=["kthvalue", "histograms"])
+def test_fused_masked_weight_is_bit_identical_in_values_and_gradients(rule, ties: bool, shape) -> None:
     gen = torch.Generator().manual_seed(7)
-    shape = (64, 48)
     raw = torch.randint(-2, 3, shape, generator=gen).float() / 64 if ties else torch.randn(shape, generator=gen) / 20
     weight = (torch.randint(0, 2, shape, generator=gen).float() * 2 - 1) * 0.05
     upstream = torch.randn(shape, generator=gen)
@@ -85,6 +102,7 @@ def test_fused_masked_weight_is_bit_identical_in_values_and_gradients(rule, ties
         out.backward(upstream)
         results.append((out.detach(), scores.grad))
     (fused_out, fused_grad), (ref_out, ref_grad) = results
-    assert torch.equal(fused_out, ref_out)
-    assert torch.equal(fused_grad, ref_grad)
+    # Bit patterns, not values: a dropped weight must be the zero of its own sign, as weight * 0.0 gives.
+    assert torch.equal(fused_out.view(torch.int32), ref_out.view(torch.int32))
+    assert torch.equal(fused_grad.view(torch.int32), ref_grad.view(torch.int32))
     assert torch.equal(rule(raw) != 0, ref_out != 0)  # the plain rule gives the same mask

@@ -113,4 +113,4 @@ class NormalizeCollate:
         """float32 normalised copy of uint8 ``images`` [B, C, H, W]."""
         if images.dtype != torch.uint8:
             raise ValueError(f"expected uint8 images, got {images.dtype}")
-        return (images.to(torch.float32).div_(255.0) - self.mean) / self.std
+        return images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)  # in place: one new tensor

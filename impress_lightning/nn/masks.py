@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from impress_lightning.nn.select import topk_keep
+from impress_lightning.nn.select import topk_keep, topk_masked
 
 
 class _TopKMaskedWeight(torch.autograd.Function):
@@ -26,12 +26,15 @@ class _TopKMaskedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: Tensor, weight: Tensor, k: int) -> Tensor:
         ctx.save_for_backward(scores, weight)
-        # A float copy of the mask: multiplying by a bool tensor takes a much slower mixed-type path.
-        return weight * topk_keep(scores, k).to(weight.dtype)
+        return topk_masked(scores, weight, k)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         scores, weight = ctx.saved_tensors
+        if scores.dtype == weight.dtype == grad.dtype:
+            # The same bits as (grad * weight) * sign: the sign factor is exact, so the order does not
+            # matter; starting from sign() saves a second full-size allocation.
+            return scores.sign().mul_(weight).mul_(grad), None, None
         return grad.mul(weight).mul_(scores.sign()), None, None
 
 
@@ -41,7 +44,9 @@ class _ThresholdMaskedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: Tensor, weight: Tensor, threshold: float) -> Tensor:
         ctx.save_for_backward(weight)
-        return weight * scores.detach().ge(threshold).to(weight.dtype)
+        # The comparison written straight into a float tensor: a bool result converted to float afterwards
+        # (or multiplied in as bool) costs several times more.
+        return torch.ge(scores.detach(), threshold, out=torch.empty_like(weight)).mul_(weight)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

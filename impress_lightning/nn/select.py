@@ -6,9 +6,9 @@ alone on every device. ``torch.topk`` leaves that order unspecified and is a par
 mask-learning step); here the k-th largest magnitude is found from histograms instead.
 
 For floats of one sign, the order of the values is the order of their bit patterns read as integers, so
-``|x|`` is the pattern with the sign bit cleared. Three histograms (``bincount``) of successive digits of those
-integers, each over the entries that share the digits fixed so far, pin down the k-th largest pattern
-exactly: one pass over the whole tensor plus passes over ever smaller candidate sets.
+``|x|`` is the pattern with the sign bit cleared. A histogram (``bincount``) of the top bits of those
+integers over the whole tensor finds the bin holding the k-th largest; ``kthvalue`` among the few entries in
+that bin pins it exactly.
 """
 
 from __future__ import annotations
@@ -21,58 +21,90 @@ _INT_OF_FLOAT = {torch.float32: (torch.int32, 32), torch.float64: (torch.int64, 
 # Smallest magnitude bit pattern of inf/NaN per format (all exponent bits set).
 _NON_FINITE_FLOOR = {dtype: int(torch.tensor(float("inf"), dtype=dtype).view(int_dtype))
                      for dtype, (int_dtype, _) in _INT_OF_FLOAT.items()}
-_DIGIT_BITS = 11  # 2,048 bins per histogram: three passes cover a float32's 31 magnitude bits
-_SELECT_DIRECTLY = 1 << 13  # up to this many entries, kthvalue is quicker than the histograms' fixed cost
+# The histogram takes the top bits of the magnitudes, more of them for larger layers (up to 16: 65,536 bins),
+# so that the bin holding the k-th largest keeps only a few thousand candidates while the histogram's fixed
+# cost (filling, flipping and summing its bins) stays small next to the pass over the layer.
+_MAX_DIGIT_BITS, _MIN_DIGIT_BITS = 16, 11  # at least 11: a float64's inf/NaN floor then falls on a bin edge
+_SELECT_DIRECTLY = 1 << 14  # up to this many entries, kthvalue is quicker than the histogram's fixed cost
 NON_FINITE = "mask scores contain inf or NaN: the run diverged; lower the mask optimizer's lr"
 
 
-def magnitude_bits(scores: Tensor) -> tuple[Tensor, int]:
-    """``|scores|`` as non-negative integers of the same order (flattened), and their significant bits."""
+def _int_view(scores: Tensor) -> tuple[Tensor, int]:
+    """The scores' bit patterns as integers (flattened; no copy when contiguous) and the format's width."""
     if scores.dtype not in _INT_OF_FLOAT:
         raise TypeError(f"top-k selection needs float scores, got {scores.dtype}")
     int_dtype, width = _INT_OF_FLOAT[scores.dtype]
-    sign_cleared = (1 << (width - 1)) - 1
-    return scores.detach().contiguous().view(int_dtype).flatten() & sign_cleared, width - 1
+    return scores.detach().contiguous().view(int_dtype).flatten(), width
 
 
-def kth_largest(bits: Tensor, significant: int, k: int, forbidden_from: int | None = None) -> tuple[int, int, int]:
-    """The k-th largest of the non-negative integers ``bits`` (``1 <= k <= numel``, values below
-    ``2**significant``): ``(value, how many of the k largest equal it, how many entries equal it)``.
-
-    ``forbidden_from``: a ValueError is raised when any value is at least this (it must be a multiple of the
-    first histogram's bin width, as the inf/NaN floor of a float format is).
-    """
-    if bits.numel() <= _SELECT_DIRECTLY:
-        return _kth_largest_directly(bits, k, forbidden_from)
-    shifts = [*range(significant - _DIGIT_BITS, 0, -_DIGIT_BITS), 0]
-    candidates, prefix, wanted = bits, 0, k
-    for level, shift in enumerate(shifts):
-        digits = candidates >> shift
-        if level > 0:  # the higher digits are the same for every candidate: drop them
-            digits &= (1 << _DIGIT_BITS) - 1
-        counts = torch.bincount(digits, minlength=1 << _DIGIT_BITS)
-        # Entries in this bin or above it, from the top bin down; the k-th largest lies in the first bin where
-        # that total reaches the number still wanted.
-        at_or_above = counts.flip(0).cumsum(0)
-        if level == 0 and forbidden_from is not None and int(at_or_above[-1 - (forbidden_from >> shift)]):
-            raise ValueError(NON_FINITE)
-        from_top = int(torch.searchsorted(at_or_above, wanted))
-        digit = counts.numel() - 1 - from_top
-        in_bin, total = (int(v) for v in torch.stack([counts[digit], at_or_above[from_top]]).tolist())
-        wanted -= total - in_bin  # the entries of the higher bins are all among the k largest
-        prefix |= digit << shift
-        if shift > 0:
-            candidates = candidates[digits == digit]
-    return prefix, wanted, in_bin
-
-
-def _kth_largest_directly(bits: Tensor, k: int, forbidden_from: int | None) -> tuple[int, int, int]:
-    """:func:`kth_largest` by ``kthvalue`` (quicker than three histograms on a small tensor)."""
-    value = int(bits.kthvalue(bits.numel() - k + 1).values)
-    if forbidden_from is not None and int(bits.max()) >= forbidden_from:
+def _locate(counts: Tensor, wanted: int, forbidden_bin: int) -> tuple[int, int, int]:
+    """The bin of a histogram (bins ascending) holding the ``wanted``-th largest entry:
+    ``(bin, how many of the wanted largest are in it, how many entries it holds)``, read in one host sync.
+    Raises NON_FINITE when any entry lies in ``forbidden_bin`` or above."""
+    from_the_top = counts.flip(0)
+    at_or_above = from_the_top.cumsum(0)  # entries in each bin or above it, from the top bin down
+    found = (at_or_above < wanted).sum()  # the first bin (from the top) where that total reaches `wanted`
+    found, in_bin, total, forbidden = torch.stack([found, from_the_top[found], at_or_above[found],
+                                                   at_or_above[counts.numel() - 1 - forbidden_bin]]).tolist()
+    if forbidden:
         raise ValueError(NON_FINITE)
-    above, equal = (int(v) for v in torch.stack([(bits > value).sum(), (bits == value).sum()]).tolist())
-    return value, k - above, equal
+    return counts.numel() - 1 - found, wanted - (total - in_bin), in_bin  # the higher bins' entries are all kept
+
+
+def _kth_largest(raw: Tensor, magnitudes: Tensor, width: int, k: int, floor: int) -> tuple[int, int | None]:
+    """The k-th largest of the ``magnitudes`` (the sign-cleared patterns of ``raw``, ``1 <= k <= numel``) and
+    how many of the entries equal to it are among the k largest (None: all of them). NON_FINITE is raised
+    when a magnitude is at least ``floor``.
+
+    ``magnitudes`` is overwritten: it is the histogram's scratch space, so the one pass over the whole layer
+    allocates nothing.
+    """
+    if raw.numel() <= _SELECT_DIRECTLY:
+        return _kth_largest_directly(magnitudes, k, floor)
+    digit_bits = min(max(raw.numel().bit_length() - 4, _MIN_DIGIT_BITS), _MAX_DIGIT_BITS, width - 1)
+    shift = width - 1 - digit_bits
+    digits = magnitudes.__irshift__(shift)  # the top digits, in place
+    # The inf/NaN floor is a multiple of the bin width: the bins from its own up hold exactly the non-finite.
+    digit, wanted, in_bin = _locate(torch.bincount(digits, minlength=1 << digit_bits), k, floor >> shift)
+    if shift == 0:  # the digits were the whole magnitudes (16-bit formats)
+        return digit, None if wanted == in_bin else wanted
+    # The entries of that bin, their magnitudes re-read from the scores; every entry equal to the k-th
+    # largest is among them, so selecting among them alone is exact.
+    candidates = raw[digits.eq_(digit).nonzero().flatten()] & ((1 << (width - 1)) - 1)
+    return _kth_largest_directly(candidates, wanted, None)
+
+
+def _kth_largest_directly(bits: Tensor, k: int, forbidden_from: int | None) -> tuple[int, int | None]:
+    """:func:`_kth_largest` of small tensors, by ``kthvalue`` (quicker than the histogram there), in
+    one host sync unless the boundary splits ties. ``forbidden_from``: NON_FINITE for any value at least this."""
+    value = bits.kthvalue(bits.numel() - k + 1).values
+    checks = [value, (bits >= value).sum()] + ([bits.max()] if forbidden_from is not None else [])
+    value, at_or_above, *top = torch.stack(checks).tolist()
+    if top and top[0] >= forbidden_from:
+        raise ValueError(NON_FINITE)
+    if at_or_above == k:  # the usual case: no tie split at the boundary
+        return value, None
+    return value, k - int((bits > value).sum())
+
+
+def _boundary(scores: Tensor, k: int) -> tuple[Tensor, int, int | None]:
+    """``(|scores| as integers of the same order (flat), the k-th largest, how many entries equal to it are
+    kept (None: all))``. Raises a ValueError when a score is infinite or NaN (a diverged run)."""
+    raw, width = _int_view(scores)
+    sign_cleared = (1 << (width - 1)) - 1
+    work = raw & sign_cleared
+    threshold, ties_kept = _kth_largest(raw, work, width, k, _NON_FINITE_FLOOR[scores.dtype])
+    return torch.bitwise_and(raw, sign_cleared, out=work), threshold, ties_kept
+
+
+def _keep(bits: Tensor, threshold: int, ties_kept: int | None) -> Tensor:
+    """Bool keep mask (flat): every magnitude above the threshold, and of those equal to it all (``ties_kept``
+    None) or the ``ties_kept`` lowest indices."""
+    if ties_kept is None:
+        return bits >= threshold
+    keep = bits > threshold
+    keep[(bits == threshold).nonzero().flatten()[:ties_kept]] = True
+    return keep
 
 
 def topk_keep(scores: Tensor, k: int) -> Tensor:
@@ -80,13 +112,28 @@ def topk_keep(scores: Tensor, k: int) -> Tensor:
 
     Raises a ValueError when a score is infinite or NaN (a diverged run).
     """
-    bits, significant = magnitude_bits(scores)
     if k <= 0:
+        _int_view(scores)  # the same TypeError for non-float scores
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    threshold, equal_kept, equal_total = kth_largest(bits, significant, k, _NON_FINITE_FLOOR[scores.dtype])
-    if equal_kept == equal_total:
-        return (bits >= threshold).view(scores.shape)
-    # More entries equal the k-th largest than fit: keep the lowest indices among them.
-    keep = bits > threshold
-    keep[(bits == threshold).nonzero().flatten()[:equal_kept]] = True
-    return keep.view(scores.shape)
+    return _keep(*_boundary(scores, k)).view(scores.shape)
+
+
+def topk_masked(scores: Tensor, weight: Tensor, k: int) -> Tensor:
+    """``weight * topk_keep(scores, k)`` (the float product, signed zeros included), in fewer passes.
+
+    Where the boundary splits no ties and ``weight`` has the format of ``scores``, the product is built on the
+    bit patterns, in place in the selection's scratch tensor: ``threshold - 1 - |score bits|`` is negative
+    exactly for the kept entries, so an arithmetic shift by ``width - 1`` turns it into all-ones there and
+    zero elsewhere; with the sign bit added, ANDing that word into ``weight`` keeps a kept weight and turns a
+    dropped one into the zero of its sign (``w * 0.0``). No compare, bool-to-float conversion or multiply.
+    """
+    if k <= 0 or weight.shape != scores.shape:
+        return weight * topk_keep(scores, k).to(weight.dtype)
+    bits, threshold, ties_kept = _boundary(scores, k)
+    if ties_kept is not None or weight.dtype != scores.dtype or not weight.is_contiguous():
+        return weight * _keep(bits, threshold, ties_kept).view(scores.shape).to(weight.dtype)
+    width = _INT_OF_FLOAT[weight.dtype][1]
+    keep_word = bits.neg_().add_(threshold - 1).__irshift__(width - 1)
+    keep_word |= -(1 << (width - 1))  # the sign bit: a dropped weight becomes the zero of its own sign
+    keep_word &= weight.view(bits.dtype).flatten()
+    return keep_word.view(weight.dtype).view(weight.shape)
