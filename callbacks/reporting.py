@@ -86,12 +86,14 @@ TASK_AXIS = "task"
 
 def task_curves(summary: Mapping[str, Any]) -> dict[str, float]:
     """Scalars whose x-axis is the task just finished, ``i``: ``task`` = i, ``retention/acc_taskJJ`` = R[i][j]
-    for every task j seen (one curve per task: how it holds up as the stream goes on), and, where known,
+    for every task j measured after task i (one curve per task: how it holds up as the stream goes on; a task
+    ``RetentionEvaluator(old_tasks=N)`` skipped there has no point), and, where known,
     ``transfer/best_impression_accuracy`` (the best single impression on task i),
     ``transfer/gain_over_best_impression`` (task i's accuracy minus that) and ``transfer/fwt``."""
     row = _required(summary, "accuracy_matrix")[-1]
     done = len(summary["accuracy_matrix"]) - 1
-    curves = {TASK_AXIS: float(done), **{f"retention/acc_task{j:02d}": float(row[j]) for j in range(done + 1)}}
+    curves = {TASK_AXIS: float(done), **{f"retention/acc_task{j:02d}": float(row[j]) for j in range(done + 1)
+                                         if row[j] is not None}}
     best = summary["tasks"][-1].get("best_impression_accuracy") if summary.get("tasks") else None
     if best is not None:
         curves["transfer/best_impression_accuracy"] = float(best)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger
 import pytest
 import torch
 
@@ -55,7 +57,8 @@ def test_a_stream_with_old_tasks_leaves_gaps_and_ends_with_a_full_row(tmp_path) 
                                 mask_rule=TopK(0.5), combination=PerLayer(), impression_epochs=1,
                                 combination_epochs=1)
     evaluator = RetentionEvaluator(output_dir=str(tmp_path), plots=False, old_tasks=1)
-    trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1, logger=False,
+    logger = CSVLogger(tmp_path, name="csv", version="")  # the per-task curves skip the cells left unmeasured
+    trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1, logger=logger,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[evaluator], default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(module, datamodule=TensorStream(tasks))
@@ -66,6 +69,10 @@ def test_a_stream_with_old_tasks_leaves_gaps_and_ends_with_a_full_row(tmp_path) 
     assert summary["fwt"] == pytest.approx(sum(b - 0.5 for b in best) / len(best))
     measured = [[j for j, v in enumerate(row) if v is not None] for row in R]
     assert measured == [[0], [0, 1], [0, 2], [1, 3], [0, 1, 2, 3, 4]]
+    with open(tmp_path / "csv" / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("task")]
+    logged = [[j for j in range(5) if rows[i].get(f"retention/acc_task{j:02d}")] for i in range(5)]
+    assert [int(float(r["task"])) for r in rows] == list(range(5)) and logged == measured
     # zero forgetting: every re-measurement of a task equals its first one, so the filled metrics are exact
     for j in range(5):
         assert len({R[i][j] for i in range(j, 5) if R[i][j] is not None}) == 1
