@@ -36,7 +36,8 @@ import yaml
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_stream import per_task, run_fit  # noqa: E402  (bench/ is not a package)
+from bench_layers import synchronizer  # noqa: E402  (bench/ is not a package)
+from bench_stream import per_task, run_fit  # noqa: E402
 
 from impress_lightning.backbones import build_backbone, plain_backbone  # noqa: E402
 from impress_lightning.callbacks import RetentionEvaluator  # noqa: E402
@@ -111,9 +112,9 @@ def run_plain(kind: str, tasks: list[dict[str, Split]], impressions: int, args: 
     forwards: list[Callable[[Tensor], Tensor]] = []
     net = SupermaskNet(build_backbone(args.network, shape, 10, bank_capacity=impressions, num_tasks=args.tasks,
                                       seed=0)).to(device)
-    rule, seconds = TopK(args.density), []
+    rule, seconds, sync = TopK(args.density), [], synchronizer(device)
     for t, data in enumerate(tasks):
-        sync(device)
+        sync()
         start = time.perf_counter()
         if kind == "dense":
             model = plain_backbone(args.network, shape, 10).to(device)
@@ -135,14 +136,9 @@ def run_plain(kind: str, tasks: list[dict[str, Split]], impressions: int, args: 
         retention.matrix.append([0.0] * args.tasks)  # only its shape matters to tasks_to_evaluate
         for j in retention.tasks_to_evaluate(t, args.tasks):
             accuracy(forwards[j], tasks[j]["test"], 512)
-        sync(device)
+        sync()
         seconds.append(time.perf_counter() - start)
     return seconds
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_fit_stream(args: argparse.Namespace, impressions: int, repeat: int) -> list[float]:

@@ -21,6 +21,7 @@ Masks and α are random (timing does not depend on their values). Run::
     python bench/bench_inference.py                      # FC-1024, T in {5, 10, 25, 100, 250}
     python bench/bench_inference.py --backbone lenet_300_100 --tasks 5 50 --json out.json
     python bench/bench_inference.py --threads 0          # torch's default thread count (default: 1)
+    python bench/bench_inference.py --device cuda        # on a GPU (every timing waits for the kernels)
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
+from pathlib import Path
 from functools import partial
 from typing import Callable
 
@@ -36,11 +39,14 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from impress_lightning.backbones import build_backbone
-from impress_lightning.inference import (
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_layers import synchronizer  # noqa: E402  (bench/ is not a package)
+
+from impress_lightning.backbones import build_backbone  # noqa: E402
+from impress_lightning.inference import (  # noqa: E402
     TaskInference, beta_gradient, entropy_objective, superposed_logits_fn, uniform_beta,
 )
-from impress_lightning.nn import Combine, SupermaskNet, naive_combine
+from impress_lightning.nn import Combine, SupermaskNet, naive_combine  # noqa: E402
 
 INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
 
@@ -66,28 +72,30 @@ def stack_logits_fn(net: SupermaskNet, x: Tensor, stacks: list[Tensor]) -> Calla
     return logits
 
 
-def fastest(step: Callable[[], object], repeats: int, min_seconds: float = 1.0) -> float:
+def fastest(step: Callable[[], object], repeats: int, sync: Callable[[], None], min_seconds: float = 1.0) -> float:
     """Fastest run of ``step``, in seconds, over at least ``repeats`` runs and ``min_seconds`` of timing (at most
-    50 runs), after one untimed warm-up that builds caches. The minimum, not the median: on a shared machine
-    it is the run least disturbed by other load."""
+    50 runs), after one untimed warm-up that builds caches; ``sync`` waits for a GPU's queued work. The
+    minimum, not the median: on a shared machine it is the run least disturbed by other load."""
     step()
+    sync()
     times: list[float] = []
     while len(times) < repeats or (sum(times) < min_seconds and len(times) < 50):
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def time_step(logits_fn: Callable[[Tensor], Tensor], num_tasks: int, repeats: int) -> float:
+def time_step(logits_fn: Callable[[Tensor], Tensor], num_tasks: int, repeats: int, device: torch.device) -> float:
     """Fastest one-shot step: forward + backward through the superposition to β."""
     objective = partial(entropy_objective, num_classes=NUM_CLASSES)
-    beta = uniform_beta(num_tasks, torch.float32, "cpu")
-    return fastest(lambda: beta_gradient(logits_fn, beta, objective), repeats)
+    beta = uniform_beta(num_tasks, torch.float32, device)
+    return fastest(lambda: beta_gradient(logits_fn, beta, objective), repeats, synchronizer(device))
 
 
 def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], shortlist: int, neighbours: int,
-                    rounds: int) -> dict[int, float]:
+                    rounds: int, sync: Callable[[], None]) -> dict[int, float]:
     """Fastest whole shortlist inference of batch ``x`` among the T tasks of ``alphas[T]``, for every T, in
     interleaved rounds (each round runs every T once, so load drift on a shared machine hits them all alike).
     Every task's weights are cached, as ``TaskInferenceEvaluator(weight_cache_size=...)`` keeps them."""
@@ -107,8 +115,10 @@ def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], sho
     best = {num_tasks: math.inf for num_tasks in alphas}
     for _ in range(rounds):
         for num_tasks in alphas:
+            sync()
             start = time.perf_counter()
             step(num_tasks)
+            sync()
             best[num_tasks] = min(best[num_tasks], time.perf_counter() - start)
     return best
 
@@ -130,32 +140,34 @@ def main() -> None:
                         help="torch intra-op threads, 0 = torch's default (1 keeps ratios stable on busy machines)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    x = torch.randn(args.batch, *INPUT_SHAPE)
-    dedicated = random_bank_net(args.backbone, max(args.tasks), args.density, args.seed)
-    impressions = random_bank_net(args.backbone, args.impressions, args.density, args.seed + 1)
+    x = torch.randn(args.batch, *INPUT_SHAPE).to(device)
+    dedicated = random_bank_net(args.backbone, max(args.tasks), args.density, args.seed).to(device)
+    impressions = random_bank_net(args.backbone, args.impressions, args.density, args.seed + 1).to(device)
     num_layers, numel = dedicated.num_layers, sum(layer.weight.numel() for layer in dedicated.layers)
     print(f"{args.backbone}: {numel:,} masked weights in {num_layers} layers, batch {args.batch}, "
-          f"K = {args.impressions}, torch threads {torch.get_num_threads()}")
+          f"K = {args.impressions}, device {device}, torch threads {torch.get_num_threads()}")
     header = f"{'T':>5} {'supsup_lookup ms':>17} {'supsup_stack ms':>16} {'kspace ms':>10} " \
              f"{'lookup/kspace':>14} {'stack/kspace':>13}"
     print(header)
     rows, all_alphas = [], {}
     for num_tasks in args.tasks:
-        one_hot = torch.eye(num_tasks).unsqueeze(1).expand(num_tasks, num_layers, num_tasks)
-        lookup = time_step(superposed_logits_fn(dedicated, x, one_hot), num_tasks, args.repeats)
-        alphas = torch.randn(num_tasks, num_layers, args.impressions)
-        kspace = time_step(superposed_logits_fn(impressions, x, alphas), num_tasks, args.repeats)
+        one_hot = torch.eye(num_tasks, device=device).unsqueeze(1).expand(num_tasks, num_layers, num_tasks)
+        lookup = time_step(superposed_logits_fn(dedicated, x, one_hot), num_tasks, args.repeats, device)
+        alphas = torch.randn(num_tasks, num_layers, args.impressions).to(device)
+        kspace = time_step(superposed_logits_fn(impressions, x, alphas), num_tasks, args.repeats, device)
         all_alphas[num_tasks] = alphas
         stack = None
         if num_tasks * numel * 4 / 2**30 <= args.naive_max_gb:
             stacks = [layer.bank.masks(num_tasks).view(num_tasks, *layer.weight.shape).float()
                       for layer in dedicated.layers]
-            stack = time_step(stack_logits_fn(dedicated, x, stacks), num_tasks, args.repeats)
+            stack = time_step(stack_logits_fn(dedicated, x, stacks), num_tasks, args.repeats, device)
             del stacks
         rows.append({"T": num_tasks, "supsup_lookup_s": lookup, "supsup_stack_s": stack, "kspace_s": kspace})
         stack_ms = f"{stack * 1e3:16.1f}" if stack is not None else f"{'skipped':>16}"
@@ -164,7 +176,8 @@ def main() -> None:
               f"{stack_ratio}", flush=True)
     flat = max(r["kspace_s"] for r in rows) / min(r["kspace_s"] for r in rows)
     print(f"K-space max/min over T: {flat:.2f} (flat = 1)")
-    at = time_shortlists(impressions, x, all_alphas, args.shortlist, args.neighbours, args.rounds)
+    at = time_shortlists(impressions, x, all_alphas, args.shortlist, args.neighbours, args.rounds,
+                         synchronizer(device))
     print(f"{'T':>5} {'shortlist ms':>13} {'supsup_stack/shortlist':>23}   (whole inference of a batch, m = "
           f"{args.shortlist}, climb {args.neighbours}, {args.rounds} interleaved rounds)")
     for row in rows:

@@ -20,7 +20,7 @@ BENCH = Path(__file__).parent
 
 
 def accepts_device(script: str) -> bool:
-    """Whether ``script`` has a ``--device`` option (bench_inference.py is owned elsewhere and may not yet)."""
+    """Whether ``script`` has a ``--device`` option."""
     text = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True).stdout
     return "--device" in text
 
