@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from impress_lightning.atomic import atomic_write
 from impress_lightning.callbacks.retention import rank_shard, run_directory
-from impress_lightning.stages import held_out_score, to_device
+from impress_lightning.stages import held_out_features, held_out_score, to_device
 from impress_lightning.inference import InferenceTally, TaskInference, get_score, score_inference
 
 
@@ -41,20 +41,28 @@ class TaskInferenceEvaluator(L.Callback):
             exact checks of ``shortlist`` / ``exhaustive`` then cost a plain forward each); None keeps the
             module's ``eval_cache_size``. Memory: one dense copy of the masked weights per cached task.
         every_task: evaluate after every task; False evaluates only after the last task (and in ``test``).
+        signature_examples: for methods with ``verify_by: features``: how many of each task's own held-out
+            examples (the datamodule's ``probe_loader``: its validation split, else its training split in a
+            seeded order) its feature signature averages; measured once per task. A whole validation split
+            measured better than its first 1,024 examples (docs/task_inference.md).
     """
 
     def __init__(self, methods: list[TaskInference] | None = None, labels: Literal["auto", "shared", "unshared"] = "auto",
                  split: Literal["test", "val"] = "test", batch_size: int = 128, max_batches_per_task: int | None = 20,
                  shuffle: bool = True, seed: int = 0, weight_cache_size: int | None = None,
-                 every_task: bool = True) -> None:
+                 every_task: bool = True, signature_examples: int = 8192) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_batches_per_task is not None and max_batches_per_task < 1:
             raise ValueError(f"max_batches_per_task must be >= 1 (or None for every batch), got {max_batches_per_task}")
         if weight_cache_size is not None and weight_cache_size < 0:
             raise ValueError(f"weight_cache_size must be >= 0 (or None for the module's), got {weight_cache_size}")
+        if signature_examples < 1:
+            raise ValueError(f"signature_examples must be >= 1, got {signature_examples}")
         self.methods = methods or [TaskInference()]
+        self.signature_examples = signature_examples
         self._baselines: dict[tuple[str, int], float] = {}  # (objective, task) -> baseline; recomputed after a resume
+        self._signatures: dict[int, torch.Tensor] = {}  # task -> feature signature; likewise
         self.labels, self.split, self.batch_size = labels, split, batch_size
         self.max_batches, self.every_task = max_batches_per_task, every_task
         self.shuffle, self.seed, self.weight_cache_size = shuffle, seed, weight_cache_size
@@ -63,7 +71,9 @@ class TaskInferenceEvaluator(L.Callback):
     @staticmethod
     def method_name(method: TaskInference) -> str:
         name = f"{method.strategy}-{method.objective}"
-        if method.calibrate != "unshared_labels":  # the default's name says nothing; the report says what it did
+        if method.verify_by == "features":
+            name += "-features"
+        elif method.calibrate != "unshared_labels":  # the default's name says nothing; the report says what it did
             name += "-calibrated" if method.calibrate == "always" else "-uncalibrated"
         if method.strategy == "shortlist":
             name += f"-{method.shortlist_by}-m{method.shortlist_size}"
@@ -84,10 +94,11 @@ class TaskInferenceEvaluator(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training, not after it, when a method needs outputs the head does not have."""
         unshared = not self.shared_labels(trainer)
-        if any(m.calibrates(unshared) for m in self.methods) and not hasattr(trainer.datamodule, "probe_loader"):
-            raise ValueError("TaskInferenceEvaluator: calibrating measures each task's baseline on its own held-out "
-                             "examples: the datamodule needs probe_loader(task) (TaskSequenceDataModule has one), or "
-                             "set the method's calibrate: never")
+        if any(m.calibrates(unshared) or m.verify_by == "features" for m in self.methods) and \
+                not hasattr(trainer.datamodule, "probe_loader"):
+            raise ValueError("TaskInferenceEvaluator: calibrating and verify_by='features' measure each task on its own "
+                             "held-out examples: the datamodule needs probe_loader(task) (TaskSequenceDataModule has "
+                             "one), or set the method's calibrate: never and verify_by: objective")
         if any(m.objective == "superfluous" for m in self.methods) and not pl_module.hparams.get("extra_outputs"):
             raise ValueError("TaskInferenceEvaluator: objective='superfluous' needs never-labelled head outputs: "
                              "set model.extra_outputs > 0 (e.g. --model.extra_outputs 4) or use objective='entropy'")
@@ -123,7 +134,8 @@ class TaskInferenceEvaluator(L.Callback):
             for method in self.methods:
                 calibrated = method.calibrates(not shared)
                 baselines = self.baselines(trainer, module, method.objective, seen) if calibrated else None
-                per_task = [self.tally(trainer, module, task, method, coeffs, shared, baselines)
+                signatures = self.signatures(module, seen) if method.verify_by == "features" else None
+                per_task = [self.tally(trainer, module, task, method, coeffs, shared, baselines, signatures)
                             for task in range(seen)]
                 report["methods"][self.method_name(method)] = {**summarize(per_task, module), "calibrated": calibrated}
         finally:
@@ -143,9 +155,16 @@ class TaskInferenceEvaluator(L.Callback):
                     module, task, get_score(objective))
         return torch.tensor([self._baselines[objective, task] for task in range(seen)], dtype=torch.float64)
 
+    def signatures(self, module: L.LightningModule, seen: int) -> torch.Tensor:
+        """``[seen, C]``: every task's feature signature on its own held-out examples, measured once per task."""
+        for task in range(seen):
+            if task not in self._signatures:
+                self._signatures[task] = held_out_features(module, task, self.signature_examples)
+        return torch.stack([self._signatures[task] for task in range(seen)])
+
     def tally(self, trainer: L.Trainer, module: L.LightningModule, task: int, method: TaskInference | None,
-              coeffs: tuple[torch.Tensor, ...], shared: bool,
-              baselines: torch.Tensor | None = None) -> dict[str, float | None]:
+              coeffs: tuple[torch.Tensor, ...], shared: bool, baselines: torch.Tensor | None = None,
+              signatures: torch.Tensor | None = None) -> dict[str, float | None]:
         """Accuracy (and task-inference accuracy) on ``task``'s batches with ``method`` inferring the task
         among the rows of ``coeffs``, or with the true task id when ``method`` is None; counts summed exactly
         over the ranks."""
@@ -159,7 +178,7 @@ class TaskInferenceEvaluator(L.Callback):
                 tally = tally + score_inference(task, task, module.predict_task(x, task), y, shared_labels=shared)
                 continue
             result = method.infer(module.net, x, coeffs, num_classes=module.num_classes, classify=classify,
-                                  baselines=baselines, unshared_labels=not shared)
+                                  baselines=baselines, unshared_labels=not shared, signatures=signatures)
             tally = tally + score_inference(task, result.task, result.logits.argmax(1), y, shared_labels=shared)
         counts = torch.tensor([tally.correct, tally.total, tally.task_hits, tally.task_trials],
                               dtype=torch.float64, device=module.device)

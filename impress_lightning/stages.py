@@ -75,6 +75,31 @@ def held_out_score(module: ImpressLearnModule, task: int, score: Callable[[Tenso
     return total / count
 
 
+@torch.no_grad()
+def held_out_features(module: ImpressLearnModule, task: int, max_examples: int) -> Tensor:
+    """``task``'s feature signature (:mod:`impress_lightning.inference.features`): the mean of its first-layer
+    features under its own weights over the first ``max_examples`` of its probe examples (its whole validation
+    split, where that is smaller)."""
+    from impress_lightning.inference.features import FeatureProbe
+
+    total, count = None, 0
+    was_training = module.training
+    module.eval()
+    with FeatureProbe(module.net) as probe:
+        for x, _ in probe_batches(module, task, max_examples):  # at most one example per batch: enough batches
+            x = x[: max_examples - count]
+            module(x, task)
+            total = probe.last * len(x) if total is None else total + probe.last * len(x)
+            count += len(x)
+            if count >= max_examples:
+                break
+    module.train(was_training)
+    if total is None:
+        raise ValueError(f"task {task} has no probe examples to measure its feature signature on: give it a "
+                         "validation split (data.val_fraction > 0) or training examples")
+    return total / count
+
+
 def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:
     """Accuracy of every stored impression, used alone, on ``task``'s probe examples; BN layers normalise
     with the batch's own statistics (the task has none yet)."""

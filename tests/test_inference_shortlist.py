@@ -175,3 +175,32 @@ def test_calibration_compares_each_tasks_score_with_its_own_baseline(stream: Str
         TaskInference(strategy="oneshot", calibrate="always")
     with pytest.raises(ValueError, match="calibrate='sometimes' is unknown"):
         TaskInference(strategy="exhaustive", calibrate="sometimes")
+
+
+@pytest.mark.slow
+def test_feature_matching_compares_each_tasks_features_with_its_own_signature(stream: Stream) -> None:
+    from impress_lightning.inference.features import FeatureProbe, feature_distance
+
+    def features(x: Tensor, task: int) -> Tensor:
+        with torch.no_grad(), FeatureProbe(stream.net) as probe:
+            stream.net(x, Combine(tuple(c[task] for c in stream.coeffs)))
+        return probe.last
+
+    with torch.no_grad():  # the probe records the second layer's input: the first layer's ReLU output
+        x = stream.batches[0][0]
+        first = stream.net.layers[0]
+        expected = F.relu(F.linear(x.flatten(1), first.weight * first.bank.masks(1)[0].view_as(first.weight)))
+    torch.testing.assert_close(features(x, 0), expected.double().mean(0))
+    # Signatures from the first half of each task's images; every task inferred from the other half.
+    signatures = torch.stack([features(x[:64], t) for t, (x, _) in enumerate(stream.batches)])
+    matching = TaskInference(strategy="exhaustive", verify_by="features")
+    for task, (x, _) in enumerate(stream.batches):
+        result = matching.infer(stream.net, x[64:], stream.coeffs, num_classes=NUM_CLASSES, signatures=signatures)
+        assert result.task == task
+        distances = torch.stack([feature_distance(features(x[64:], t), signatures[t]) for t in range(len(ANGLES))])
+        torch.testing.assert_close(result.candidate_scores, distances)
+    with pytest.raises(ValueError, match="needs signatures"):
+        matching.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES)
+    for bad in (dict(strategy="oneshot"), dict(strategy="exhaustive", calibrate="always")):
+        with pytest.raises(ValueError, match="verify_by='features' replaces the exact checks"):
+            TaskInference(**bad, verify_by="features")

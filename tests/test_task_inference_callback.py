@@ -7,6 +7,7 @@ import json
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from impress_lightning.callbacks import FreezeImpressions, RetentionEvaluator, TaskInferenceEvaluator
@@ -32,7 +33,8 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
                                 impression_source="supsup", num_impressions=0, mask_rule=TopK(0.3), impression_epochs=6,
                                 mask_optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
     methods = [TaskInference(strategy="oneshot", objective="entropy"), TaskInference(strategy="binary"),
-               TaskInference(strategy="exhaustive", calibrate="always"), TaskInference(strategy="exhaustive")]
+               TaskInference(strategy="exhaustive", calibrate="always"), TaskInference(strategy="exhaustive"),
+               TaskInference(strategy="exhaustive", verify_by="features")]
     evaluator = TaskInferenceEvaluator(methods=methods, batch_size=64, max_batches_per_task=3)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
     trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
@@ -47,7 +49,8 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
     retention = json.loads((tmp_path / "retention.json").read_text())["accuracy_matrix"][-1]
     assert final["methods"]["exhaustive-entropy-calibrated"]["calibrated"]
     assert not final["methods"]["exhaustive-entropy"]["calibrated"]  # the default: shared labels, raw scores
-    for name in ("oneshot-entropy", "binary-entropy", "exhaustive-entropy-calibrated", "exhaustive-entropy"):
+    for name in ("oneshot-entropy", "binary-entropy", "exhaustive-entropy-calibrated", "exhaustive-entropy",
+                 "exhaustive-entropy-features"):
         summary = final["methods"][name]
         assert summary["task_accuracy"] == 1.0, name  # dedicated masks on permutations: clearly separable
         # with every task inferred right, inferred-id accuracy is the task-id-given accuracy (on 3 batches)
@@ -63,6 +66,14 @@ def test_supsup_stream_infers_permuted_tasks_and_test_reruns_it_on_the_checkpoin
     assert module.table.baseline_entropy[1].item() == pytest.approx(expected, rel=1e-5)
     assert sorted(evaluator._baselines) == [("entropy", t) for t in range(3)]
     assert [evaluator._baselines["entropy", t] for t in range(3)] == module.table.baseline_entropy.tolist()
+
+    # verify_by='features': each task's signature is its mean first-layer features on its own held-out examples.
+    assert sorted(evaluator._signatures) == [0, 1, 2]
+    with torch.no_grad():
+        held_out = torch.cat([x for x, _ in dm.probe_loader(2)])
+        first = module.net.layers[0]
+        own = F.relu(F.linear(held_out.flatten(1), first.weight * first.bank.masks(3)[2].view_as(first.weight)))
+    torch.testing.assert_close(evaluator._signatures[2], own.double().mean(0))
 
     # `impress-lightning test` path: a fresh trainer on the checkpoint runs the same evaluation.
     fresh = ImpressLearnModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")

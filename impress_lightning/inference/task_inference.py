@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Literal, Sequence, get_args
@@ -16,6 +17,7 @@ from typing import Any, Callable, Literal, Sequence, get_args
 import torch
 from torch import Tensor
 
+from impress_lightning.inference.features import FeatureProbe, feature_distance
 from impress_lightning.inference.objectives import ObjectiveName, get_objective, get_score
 from impress_lightning.inference.strategies import (
     binary, climb_neighbours, one_shot, taylor_estimates, uniform_beta, verify,
@@ -29,6 +31,7 @@ StrategyName = Literal["oneshot", "binary", "shortlist", "exhaustive"]
 SuperpositionNorm = Literal["l1", "none"]
 ShortlistBy = Literal["taylor", "oneshot"]
 CalibrateWhen = Literal["unshared_labels", "always", "never"]
+VerifyBy = Literal["objective", "features"]
 Classifier = Callable[[Tensor, int], Tensor]
 _STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 
@@ -93,6 +96,11 @@ class TaskInference:
             raw score identifies 0.60-0.65, and to lose on shared-label streams (docs/task_inference.md).
             ``"always"`` / ``"never"`` fix it. One-shot and binary compare gradients, which a per-task
             constant does not change: they never calibrate.
+        verify_by: shortlist / exhaustive: what the exact checks compare. ``"objective"``: each task's exact
+            objective (calibrated as above); ``"features"``: how far the batch's first-layer features under the
+            task's weights lie from the task's signature, their mean on its own held-out examples
+            (``infer(signatures=...)``, :mod:`impress_lightning.inference.features`). The ranking stays the
+            objective's Taylor estimate.
     """
 
     strategy: StrategyName = "oneshot"
@@ -103,6 +111,7 @@ class TaskInference:
     shortlist_by: ShortlistBy = "taylor"
     shortlist_neighbours: int = 2
     calibrate: CalibrateWhen = "unshared_labels"
+    verify_by: VerifyBy = "objective"
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
@@ -118,6 +127,12 @@ class TaskInference:
             raise ValueError(f"shortlist_neighbours must be >= 0, got {self.shortlist_neighbours}")
         if self.calibrate not in get_args(CalibrateWhen):
             raise ValueError(f"calibrate={self.calibrate!r} is unknown; use one of {list(get_args(CalibrateWhen))}")
+        if self.verify_by not in get_args(VerifyBy):
+            raise ValueError(f"verify_by={self.verify_by!r} is unknown; use one of {list(get_args(VerifyBy))}")
+        if self.verify_by == "features" and (self.strategy not in ("shortlist", "exhaustive")
+                                             or self.calibrate == "always"):
+            raise ValueError("verify_by='features' replaces the exact checks of 'shortlist' / 'exhaustive' (and "
+                             f"needs no calibration); got strategy={self.strategy!r}, calibrate={self.calibrate!r}")
         if self.calibrate == "always" and self.strategy not in ("shortlist", "exhaustive"):
             raise ValueError(f"calibrate='always' shifts the exact checks of 'shortlist' / 'exhaustive'; strategy="
                              f"{self.strategy!r} compares gradients, which a per-task constant does not change")
@@ -126,13 +141,14 @@ class TaskInference:
 
     def calibrates(self, unshared_labels: bool) -> bool:
         """Whether this method compares tasks against their baselines on a stream with these labels."""
-        if self.strategy not in ("shortlist", "exhaustive"):
+        if self.strategy not in ("shortlist", "exhaustive") or self.verify_by == "features":
             return False
         return self.calibrate == "always" or (self.calibrate == "unshared_labels" and unshared_labels)
 
     def infer(self, net: SupermaskNet, x: Tensor, task_coeffs: TaskCoeffs, *, num_classes: int | None = None,
               task_ids: Sequence[int] | None = None, classify: Classifier | None = None,
-              baselines: Tensor | None = None, unshared_labels: bool = False) -> InferenceResult:
+              baselines: Tensor | None = None, unshared_labels: bool = False,
+              signatures: Tensor | None = None) -> InferenceResult:
         """Infer the task of batch ``x`` among the learned tasks and classify the whole batch with it.
 
         Works under ``torch.inference_mode()`` / ``no_grad`` (Lightning's eval loops): the gradient passes
@@ -154,6 +170,8 @@ class TaskInference:
             baselines: where this call calibrates (:meth:`calibrates`), ``[T]``: each row's mean exact score on
                 its task's own held-out examples (``TaskInferenceEvaluator`` measures them on the probe split).
             unshared_labels: every task has its own label space (GNu), for ``calibrate="unshared_labels"``.
+            signatures: with ``verify_by="features"``, ``[T, C]``: each row's feature signature
+                (``TaskInferenceEvaluator`` measures them on the probe split).
         """
         check_task_coeffs(task_coeffs, net.num_layers)
         if net.training and net.bn_names:
@@ -168,6 +186,10 @@ class TaskInference:
             raise ValueError(f"calibrate={self.calibrate!r} needs baselines here: one score per row of task_coeffs "
                              f"({num_tasks}), got {None if baselines is None else tuple(baselines.shape)}")
         offsets = baselines.detach().double().cpu() if calibrated else torch.zeros(num_tasks, dtype=torch.float64)
+        if self.verify_by == "features" and (signatures is None or signatures.dim() != 2
+                                             or signatures.shape[0] != num_tasks):
+            raise ValueError(f"verify_by='features' needs signatures: [{num_tasks}, C], one per row of task_coeffs, "
+                             f"got {None if signatures is None else tuple(signatures.shape)}")
         objective = partial(get_objective(self.objective), num_classes=num_classes)
         whole_batch = self.num_examples is None or self.num_examples >= len(x)
 
@@ -181,7 +203,7 @@ class TaskInference:
             probe = x[: self.num_examples].clone()
             coeffs = task_coeffs.detach().clone() if torch.is_tensor(task_coeffs) else \
                 tuple(r.detach().clone() for r in task_coeffs)
-            found = self._choose(net, probe, coeffs, objective, own_logits, num_classes, offsets)
+            found = self._choose(net, probe, coeffs, objective, own_logits, num_classes, offsets, signatures)
             row, logits = found.pop("row"), found.pop("logits")
         with torch.no_grad():
             if logits is None or not whole_batch:
@@ -190,7 +212,7 @@ class TaskInference:
 
     def _choose(self, net: SupermaskNet, probe: Tensor, coeffs: TaskCoeffs, objective: Callable[[Tensor], Tensor],
                 own_logits: Callable[[Tensor, int], Tensor], num_classes: int | None,
-                offsets: Tensor) -> dict[str, Any]:
+                offsets: Tensor, signatures: Tensor | None) -> dict[str, Any]:
         """The chosen row, its logits on ``probe`` where the strategy computed them, and what it scored
         (exact scores and Taylor estimates less ``offsets``, the calibration baselines or zeros)."""
         num_tasks = num_rows(coeffs)
@@ -212,7 +234,11 @@ class TaskInference:
         plain_score = partial(get_score(self.objective), num_classes=num_classes)
         score = lambda row, logits: plain_score(logits).double() - offsets[row]  # noqa: E731
         logits_of = lambda row: own_logits(probe, row)  # noqa: E731
-        with torch.no_grad():
+        features = FeatureProbe(net) if self.verify_by == "features" else None
+        if features is not None:  # each check's forward records the batch's features under that task's weights
+            reference = signatures.detach().double().to(probe.device)
+            score = lambda row, logits: feature_distance(features.last, reference[row]).cpu()  # noqa: E731
+        with torch.no_grad(), features or nullcontext():
             best, logits, exact = verify(candidates.tolist(), logits_of, score)
             row = int(candidates[best])
             if scores is not None and self.shortlist_neighbours:
