@@ -204,3 +204,25 @@ def test_feature_matching_compares_each_tasks_features_with_its_own_signature(st
     for bad in (dict(strategy="oneshot"), dict(strategy="exhaustive", calibrate="always")):
         with pytest.raises(ValueError, match="verify_by='features' replaces the exact checks"):
             TaskInference(**bad, verify_by="features")
+
+
+@pytest.mark.slow
+def test_feature_match_equals_the_exhaustive_feature_check_from_the_first_layer_alone(stream: Stream) -> None:
+    from impress_lightning.inference.features import FeatureProbe
+
+    def features(x: Tensor, task: int) -> Tensor:
+        with torch.no_grad(), FeatureProbe(stream.net) as probe:
+            stream.net(x, Combine(tuple(c[task] for c in stream.coeffs)))
+        return probe.last
+
+    signatures = torch.stack([features(x[:64], t) for t, (x, _) in enumerate(stream.batches)])
+    fast = TaskInference(strategy="feature_match")
+    exact = TaskInference(strategy="exhaustive", verify_by="features")
+    for x, _ in stream.batches:
+        quick = fast.infer(stream.net, x[64:], stream.coeffs, num_classes=NUM_CLASSES, signatures=signatures)
+        full = exact.infer(stream.net, x[64:], stream.coeffs, num_classes=NUM_CLASSES, signatures=signatures)
+        assert quick.task == full.task
+        torch.testing.assert_close(quick.candidate_scores, full.candidate_scores, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(quick.logits, full.logits)
+    with pytest.raises(ValueError, match="needs signatures"):
+        fast.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from impress_lightning.nn import SupermaskNet
+from impress_lightning.nn import Dense, SupermaskNet
 
 
 class FeatureProbe:
@@ -43,8 +43,54 @@ class FeatureProbe:
 
 
 def feature_distance(features: Tensor, signature: Tensor) -> Tensor:
-    """Relative distance ``‖features − signature‖ / ‖signature‖`` (smaller = likelier the signature's task)."""
+    """Relative distance ``‖features − signature‖ / ‖signature‖`` over the last dimension (one per row when
+    both are ``[T, C]``); smaller = likelier the signature's task."""
     if features.shape != signature.shape:
         raise ValueError(f"features {tuple(features.shape)} and signature {tuple(signature.shape)} must match: a "
                          "signature comes from the same network's second masked layer")
-    return (features - signature).norm() / signature.norm().clamp_min(1e-12)
+    return (features - signature).norm(dim=-1) / signature.norm(dim=-1).clamp_min(1e-12)
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the first masked layer's input is recorded (nothing after it is needed)."""
+
+
+def first_layer_input(net: SupermaskNet, x: Tensor) -> Tensor:
+    """What the first masked layer receives for batch ``x`` (e.g. the flattened images of an MLP)."""
+    seen: list[Tensor] = []
+
+    def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        seen.append(inputs[0])
+        raise _Captured
+
+    handle = net.layers[0].register_forward_pre_hook(record)
+    try:
+        net(x, Dense())
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def first_layer_features(net: SupermaskNet, x: Tensor, first_coeffs: Tensor, chunk: int = 32) -> Tensor:
+    """``[T, C]``: every task's feature means on batch ``x`` (what :class:`FeatureProbe` records under its
+    weights), computed from the first layer alone, for networks whose second masked layer reads
+    ``relu(first layer)`` (the MLPs; checked by the caller).
+
+    The first layer is linear in its weight and a combination's weight is ``W ⊙ Σ_k α_k M_k``, so its output for
+    task t is ``Σ_k α_{t,k} · out_k`` with ``out_k`` the output under impression k alone (α per layer, or one
+    row per output channel): K passes of the first layer serve every task, then O(T · K · B · C) arithmetic.
+
+    Args:
+        first_coeffs: the first layer's coefficients of every task, ``[T, n]`` or ``[T, C, n]``.
+    """
+    layer, inputs = net.layers[0], first_layer_input(net, x)
+    n = first_coeffs.shape[-1]
+    outs = torch.stack([layer.apply_weight(inputs, layer.weight * layer.bank.mask(k, layer.weight.dtype))
+                        for k in range(n)])  # [n, B, C, *spatial]
+    outs = outs.flatten(3) if outs.dim() > 3 else outs.unsqueeze(-1)  # [n, B, C, S]
+    equation = "tk,kbcs->tbcs" if first_coeffs.dim() == 2 else "tck,kbcs->tbcs"
+    means = [torch.einsum(equation, rows.to(outs.dtype), outs).relu_().mean(dim=(1, 3))
+             for rows in first_coeffs.split(chunk)]
+    return torch.cat(means).double()

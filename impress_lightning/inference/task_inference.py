@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Sequence, get_args
 import torch
 from torch import Tensor
 
-from impress_lightning.inference.features import FeatureProbe, feature_distance
+from impress_lightning.inference.features import FeatureProbe, feature_distance, first_layer_features
 from impress_lightning.inference.objectives import ObjectiveName, get_objective, get_score
 from impress_lightning.inference.strategies import (
     binary, climb_neighbours, one_shot, taylor_estimates, uniform_beta, verify,
@@ -27,7 +27,7 @@ from impress_lightning.inference.superposition import (
 )
 from impress_lightning.nn import Combine, SupermaskNet
 
-StrategyName = Literal["oneshot", "binary", "shortlist", "exhaustive"]
+StrategyName = Literal["oneshot", "binary", "shortlist", "exhaustive", "feature_match"]
 SuperpositionNorm = Literal["l1", "none"]
 ShortlistBy = Literal["taylor", "oneshot"]
 CalibrateWhen = Literal["unshared_labels", "always", "never"]
@@ -69,7 +69,10 @@ class TaskInference:
             their own weights; the smallest wins (O(n + m) passes: flat in T for ImpressLearn, and it can pick
             combination tasks, which one-shot's linear score cannot);
             ``"exhaustive"``: the exact objective of every task (T forwards; the accuracy upper bound of the
-            objective). (METHOD.md §6's other reading, fitting a fresh α on the test batch, was built,
+            objective); ``"feature_match"``: every task's feature distance (``verify_by="features"``'s score),
+            computed from K passes of the first layer alone, then the nearest task classifies (one forward): the
+            exact answer of ``exhaustive`` + ``verify_by="features"`` at nearly flat cost in T, for MLPs
+            (networks whose second masked layer reads ``relu(first layer)``; refused otherwise). (METHOD.md §6's other reading, fitting a fresh α on the test batch, was built,
             measured far below every discrete strategy, and removed: docs/task_inference.md.)
         objective: ``"entropy"`` (H, mean softmax entropy over the real classes) or ``"superfluous"``
             (G, needs a head with ``extra_outputs > 0`` never-labelled outputs; exact checks then compare the
@@ -186,9 +189,10 @@ class TaskInference:
             raise ValueError(f"calibrate={self.calibrate!r} needs baselines here: one score per row of task_coeffs "
                              f"({num_tasks}), got {None if baselines is None else tuple(baselines.shape)}")
         offsets = baselines.detach().double().cpu() if calibrated else torch.zeros(num_tasks, dtype=torch.float64)
-        if self.verify_by == "features" and (signatures is None or signatures.dim() != 2
+        if (self.verify_by == "features" or self.strategy == "feature_match") and (
+                signatures is None or signatures.dim() != 2
                                              or signatures.shape[0] != num_tasks):
-            raise ValueError(f"verify_by='features' needs signatures: [{num_tasks}, C], one per row of task_coeffs, "
+            raise ValueError(f"feature matching needs signatures: [{num_tasks}, C], one per row of task_coeffs, "
                              f"got {None if signatures is None else tuple(signatures.shape)}")
         objective = partial(get_objective(self.objective), num_classes=num_classes)
         whole_batch = self.num_examples is None or self.num_examples >= len(x)
@@ -216,6 +220,8 @@ class TaskInference:
         """The chosen row, its logits on ``probe`` where the strategy computed them, and what it scored
         (exact scores and Taylor estimates less ``offsets``, the calibration baselines or zeros)."""
         num_tasks = num_rows(coeffs)
+        if self.strategy == "feature_match":
+            return self._match_features(net, probe, coeffs, own_logits, signatures)
         if self.strategy == "exhaustive" or (self.strategy == "shortlist" and self.shortlist_size >= num_tasks):
             candidates, scores = torch.arange(num_tasks), None
         elif self.strategy == "shortlist" and self.shortlist_by == "taylor":
@@ -247,3 +253,27 @@ class TaskInference:
                                                logits_of, score)
                 candidates, exact = torch.tensor(list(checked)), torch.stack(list(checked.values()))
         return {"row": row, "logits": logits, "scores": scores, "candidates": candidates, "candidate_scores": exact}
+
+    @staticmethod
+    def _match_features(net: SupermaskNet, probe: Tensor, coeffs: TaskCoeffs,
+                        own_logits: Callable[[Tensor, int], Tensor], signatures: Tensor) -> dict[str, Any]:
+        """``feature_match``: every task's feature distance from the first layer alone; the nearest task's own
+        forward then classifies, and its recorded features must equal the computed ones (else the network
+        is not one this shortcut fits, and it says so rather than answer wrongly)."""
+        if net.bn_names:
+            raise ValueError("strategy='feature_match' computes features from the first layer alone, which a "
+                             "network with BatchNorm does not allow: use strategy='exhaustive' with "
+                             "verify_by='features'")
+        first = coeffs[0] if not torch.is_tensor(coeffs) else coeffs[:, 0] if coeffs.dim() == 3 else coeffs
+        with torch.no_grad():
+            features = first_layer_features(net, probe, first.detach())
+            reference = signatures.detach().double().to(features.device)
+            distances = feature_distance(features, reference)
+            row = int(distances.argmin())
+            with FeatureProbe(net) as recorded:
+                logits = own_logits(probe, row)
+        if not torch.allclose(recorded.last, features[row], rtol=1e-3, atol=1e-5):
+            raise ValueError("strategy='feature_match' assumes the second masked layer reads relu(first layer), "
+                             "which this network does not: use strategy='exhaustive' with verify_by='features'")
+        return {"row": row, "logits": logits, "candidates": torch.arange(num_rows(coeffs)),
+                "candidate_scores": distances.cpu()}
