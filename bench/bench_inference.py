@@ -123,6 +123,32 @@ def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], sho
     return best
 
 
+def time_feature_matches(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], rounds: int,
+                         sync: Callable[[], None]) -> dict[int, float]:
+    """Fastest whole ``feature_match`` inference of batch ``x`` among the T tasks of ``alphas[T]``, for every T,
+    interleaved like :func:`time_shortlists`: K first-layer passes, every task's feature distance, then the
+    nearest task's own (cached) forward. Signatures are random: timing does not depend on their values."""
+    net.clear_cache()
+    inference = TaskInference(strategy="feature_match")
+    width = net.layers[0].weight.shape[0]
+    signatures = {t: torch.rand(t, width, generator=torch.Generator().manual_seed(t)).to(x.device) for t in alphas}
+
+    def step(num_tasks: int) -> None:
+        coeffs = alphas[num_tasks]
+        classify = lambda batch, task: net(batch, Combine(coeffs[task]), cache_key=("fm", num_tasks, task))  # noqa: E731
+        inference.infer(net, x, coeffs, num_classes=NUM_CLASSES, classify=classify, signatures=signatures[num_tasks])
+
+    best = {num_tasks: math.inf for num_tasks in alphas}
+    for _ in range(rounds):
+        for num_tasks in alphas:
+            sync()
+            start = time.perf_counter()
+            step(num_tasks)
+            sync()
+            best[num_tasks] = min(best[num_tasks], time.perf_counter() - start)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="fc1024", choices=["fc1024", "lenet_300_100"])
@@ -192,6 +218,16 @@ def main() -> None:
     if ranked:
         print(f"shortlist at T / at T = {ranked[0]} (the smallest T that ranks): "
               + ", ".join(f"T={t}: {at[t] / at[ranked[0]]:.2f}" for t in ranked))
+    matched = time_feature_matches(impressions, x, all_alphas, args.rounds, synchronizer(device))
+    print(f"{'T':>5} {'feature_match ms':>17} {'supsup_stack/feature_match':>27}   (whole inference of a batch)")
+    for row in rows:
+        row["feature_match_s"] = matched[row["T"]]
+        stack = row["supsup_stack_s"]
+        ratio = f"{stack / row['feature_match_s']:27.2f}" if stack is not None else f"{'-':>27}"
+        print(f"{row['T']:5d} {row['feature_match_s'] * 1e3:17.1f} {ratio}")
+    if 10 in matched:
+        print("feature_match at T / at T = 10: " + ", ".join(f"T={t}: {matched[t] / matched[10]:.2f}"
+                                                          for t in sorted(matched)) + " (target: <= 2 at T = 250)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "masked_weights": numel, "rows": rows}, handle, indent=2)

@@ -41,7 +41,7 @@ class TaskInferenceEvaluator(L.Callback):
             exact checks of ``shortlist`` / ``exhaustive`` then cost a plain forward each); None keeps the
             module's ``eval_cache_size``. Memory: one dense copy of the masked weights per cached task.
         every_task: evaluate after every task; False evaluates only after the last task (and in ``test``).
-        signature_examples: for methods with ``verify_by: features``: how many of each task's own held-out
+        signature_examples: for methods that match features (``verify_by: features``, ``feature_match``): how many of each task's own held-out
             examples (the datamodule's ``probe_loader``: its validation split, else its training split in a
             seeded order) its feature signature averages; measured once per task. A whole validation split
             measured better than its first 1,024 examples (docs/task_inference.md).
@@ -94,7 +94,7 @@ class TaskInferenceEvaluator(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training, not after it, when a method needs outputs the head does not have."""
         unshared = not self.shared_labels(trainer)
-        if any(m.calibrates(unshared) or m.verify_by == "features" for m in self.methods) and \
+        if any(m.calibrates(unshared) or m.uses_signatures for m in self.methods) and \
                 not hasattr(trainer.datamodule, "probe_loader"):
             raise ValueError("TaskInferenceEvaluator: calibrating and verify_by='features' measure each task on its own "
                              "held-out examples: the datamodule needs probe_loader(task) (TaskSequenceDataModule has "
@@ -134,7 +134,7 @@ class TaskInferenceEvaluator(L.Callback):
             for method in self.methods:
                 calibrated = method.calibrates(not shared)
                 baselines = self.baselines(trainer, module, method.objective, seen) if calibrated else None
-                signatures = self.signatures(module, seen) if method.verify_by == "features" else None
+                signatures = self.signatures(module, seen) if method.uses_signatures else None
                 per_task = [self.tally(trainer, module, task, method, coeffs, shared, baselines, signatures)
                             for task in range(seen)]
                 report["methods"][self.method_name(method)] = {**summarize(per_task, module), "calibrated": calibrated}

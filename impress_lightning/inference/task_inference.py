@@ -142,6 +142,11 @@ class TaskInference:
         if self.shortlist_by not in get_args(ShortlistBy):
             raise ValueError(f"shortlist_by={self.shortlist_by!r} is unknown; use 'taylor' or 'oneshot'")
 
+    @property
+    def uses_signatures(self) -> bool:
+        """Whether ``infer`` needs every task's feature signature (``signatures=``)."""
+        return self.verify_by == "features" or self.strategy == "feature_match"
+
     def calibrates(self, unshared_labels: bool) -> bool:
         """Whether this method compares tasks against their baselines on a stream with these labels."""
         if self.strategy not in ("shortlist", "exhaustive") or self.verify_by == "features":
@@ -189,9 +194,7 @@ class TaskInference:
             raise ValueError(f"calibrate={self.calibrate!r} needs baselines here: one score per row of task_coeffs "
                              f"({num_tasks}), got {None if baselines is None else tuple(baselines.shape)}")
         offsets = baselines.detach().double().cpu() if calibrated else torch.zeros(num_tasks, dtype=torch.float64)
-        if (self.verify_by == "features" or self.strategy == "feature_match") and (
-                signatures is None or signatures.dim() != 2
-                                             or signatures.shape[0] != num_tasks):
+        if self.uses_signatures and (signatures is None or signatures.dim() != 2 or signatures.shape[0] != num_tasks):
             raise ValueError(f"feature matching needs signatures: [{num_tasks}, C], one per row of task_coeffs, "
                              f"got {None if signatures is None else tuple(signatures.shape)}")
         objective = partial(get_objective(self.objective), num_classes=num_classes)
