@@ -115,6 +115,10 @@ class TaskBankModel(nn.Module):
         there compares with the baselines the bank stores (one-line error for a bank without them)."""
         unshared = self.bank.label_maps is not None and any(
             self.bank.label_maps[t] != self.bank.label_maps[self.tasks[0]] for t in self.tasks)
+        if inference.uses_signatures:
+            raise ArtifactError(f"strategy={inference.strategy!r} / verify_by={inference.verify_by!r} matches each "
+                                "task's feature signature, which a task bank does not store yet: use --strategy "
+                                "oneshot, binary, shortlist or exhaustive")
         baselines = self.table.baseline_entropy[: len(self.tasks)]
         if inference.calibrates(unshared) and (inference.objective != "entropy" or bool((baselines < 0).any())):
             raise ArtifactError("this bank stores no entropy baseline for every task, which calibrated inference "

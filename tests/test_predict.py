@@ -166,3 +166,5 @@ def test_calibrated_inference_on_a_class_split_bank_uses_its_stored_baselines(tr
     predict("--bank", tmp_path / "v3.pt", "--input", tmp_path / "x.pt", "--infer", "--strategy", "exhaustive",
             "--calibrate", "never", "--output", tmp_path / "p.csv")
     assert {int(r["task"]) for r in read_csv(tmp_path / "p.csv")} == {raw.task}
+    with pytest.raises(SystemExit, match="feature signature, which a task bank does not store yet"):
+        predict("--bank", trained.bank, "--input", tmp_path / "x.pt", "--infer", "--strategy", "feature_match")
