@@ -94,11 +94,25 @@ def time_step(logits_fn: Callable[[Tensor], Tensor], num_tasks: int, repeats: in
     return fastest(lambda: beta_gradient(logits_fn, beta, objective), repeats, synchronizer(device))
 
 
+def interleaved_fastest(step: Callable[[int], None], sizes: list[int], rounds: int,
+                        sync: Callable[[], None]) -> dict[int, float]:
+    """Fastest ``step(T)`` per T over ``rounds`` rounds, each running every T once (so load drift on a shared
+    machine hits them all alike), every timing waiting for the device."""
+    best = {size: math.inf for size in sizes}
+    for _ in range(rounds):
+        for size in sizes:
+            sync()
+            start = time.perf_counter()
+            step(size)
+            sync()
+            best[size] = min(best[size], time.perf_counter() - start)
+    return best
+
+
 def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], shortlist: int, neighbours: int,
                     rounds: int, sync: Callable[[], None]) -> dict[int, float]:
     """Fastest whole shortlist inference of batch ``x`` among the T tasks of ``alphas[T]``, for every T, in
-    interleaved rounds (each round runs every T once, so load drift on a shared machine hits them all alike).
-    Every task's weights are cached, as ``TaskInferenceEvaluator(weight_cache_size=...)`` keeps them."""
+    interleaved rounds (:func:`interleaved_fastest`). Every task's weights are cached, as ``TaskInferenceEvaluator(weight_cache_size=...)`` keeps them."""
     net.cache_size = sum(a.shape[0] for a in alphas.values())
     net.clear_cache()
     inference = TaskInference(strategy="shortlist", shortlist_size=shortlist, shortlist_neighbours=neighbours)
@@ -112,15 +126,7 @@ def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], sho
         for num_tasks, coeffs in alphas.items():
             for task in range(num_tasks):
                 net(x[:1], Combine(coeffs[task]), cache_key=(num_tasks, task))
-    best = {num_tasks: math.inf for num_tasks in alphas}
-    for _ in range(rounds):
-        for num_tasks in alphas:
-            sync()
-            start = time.perf_counter()
-            step(num_tasks)
-            sync()
-            best[num_tasks] = min(best[num_tasks], time.perf_counter() - start)
-    return best
+    return interleaved_fastest(step, list(alphas), rounds, sync)
 
 
 def time_feature_matches(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], rounds: int,
@@ -138,15 +144,21 @@ def time_feature_matches(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor]
         classify = lambda batch, task: net(batch, Combine(coeffs[task]), cache_key=("fm", num_tasks, task))  # noqa: E731
         inference.infer(net, x, coeffs, num_classes=NUM_CLASSES, classify=classify, signatures=signatures[num_tasks])
 
-    best = {num_tasks: math.inf for num_tasks in alphas}
-    for _ in range(rounds):
-        for num_tasks in alphas:
-            sync()
-            start = time.perf_counter()
-            step(num_tasks)
-            sync()
-            best[num_tasks] = min(best[num_tasks], time.perf_counter() - start)
-    return best
+    return interleaved_fastest(step, list(alphas), rounds, sync)
+
+
+def report_against_t(rows: list[dict], name: str, seconds: dict[int, float], settings: str) -> None:
+    """Print (and add to ``rows`` as ``<name>_s``) a whole-inference timing per T, its ratio to SupSup's
+    float-stack one-shot step, and its cost at T against T = 10."""
+    print(f"{'T':>5} {name + ' ms':>18} {'supsup_stack/' + name:>28}   (whole inference of a batch, {settings})")
+    for row in rows:
+        row[f"{name}_s"] = seconds[row["T"]]
+        stack = row["supsup_stack_s"]
+        ratio = f"{stack / seconds[row['T']]:28.2f}" if stack is not None else f"{'-':>28}"
+        print(f"{row['T']:5d} {seconds[row['T']] * 1e3:18.1f} {ratio}")
+    if 10 in seconds:
+        print(f"{name} at T / at T = 10: " + ", ".join(f"T={t}: {seconds[t] / seconds[10]:.2f}" for t in sorted(seconds))
+              + " (target: <= 2 at T = 250)")
 
 
 def main() -> None:
@@ -204,30 +216,14 @@ def main() -> None:
     print(f"K-space max/min over T: {flat:.2f} (flat = 1)")
     at = time_shortlists(impressions, x, all_alphas, args.shortlist, args.neighbours, args.rounds,
                          synchronizer(device))
-    print(f"{'T':>5} {'shortlist ms':>13} {'supsup_stack/shortlist':>23}   (whole inference of a batch, m = "
-          f"{args.shortlist}, climb {args.neighbours}, {args.rounds} interleaved rounds)")
-    for row in rows:
-        row["shortlist_s"] = at[row["T"]]
-        stack = row["supsup_stack_s"]
-        ratio = f"{stack / row['shortlist_s']:23.2f}" if stack is not None else f"{'-':>23}"
-        print(f"{row['T']:5d} {row['shortlist_s'] * 1e3:13.1f} {ratio}")
-    if 10 in at:
-        print("shortlist at T / at T = 10: " + ", ".join(f"T={t}: {at[t] / at[10]:.2f}" for t in sorted(at))
-              + " (target: <= 2 at T = 250)")
+    report_against_t(rows, "shortlist", at, f"m = {args.shortlist}, climb {args.neighbours}, {args.rounds} "
+                     "interleaved rounds")
     ranked = [t for t in sorted(at) if t > args.shortlist]  # below that the shortlist is the exhaustive search
     if ranked:
         print(f"shortlist at T / at T = {ranked[0]} (the smallest T that ranks): "
               + ", ".join(f"T={t}: {at[t] / at[ranked[0]]:.2f}" for t in ranked))
     matched = time_feature_matches(impressions, x, all_alphas, args.rounds, synchronizer(device))
-    print(f"{'T':>5} {'feature_match ms':>17} {'supsup_stack/feature_match':>27}   (whole inference of a batch)")
-    for row in rows:
-        row["feature_match_s"] = matched[row["T"]]
-        stack = row["supsup_stack_s"]
-        ratio = f"{stack / row['feature_match_s']:27.2f}" if stack is not None else f"{'-':>27}"
-        print(f"{row['T']:5d} {row['feature_match_s'] * 1e3:17.1f} {ratio}")
-    if 10 in matched:
-        print("feature_match at T / at T = 10: " + ", ".join(f"T={t}: {matched[t] / matched[10]:.2f}"
-                                                          for t in sorted(matched)) + " (target: <= 2 at T = 250)")
+    report_against_t(rows, "feature_match", matched, f"{args.rounds} interleaved rounds")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "masked_weights": numel, "rows": rows}, handle, indent=2)

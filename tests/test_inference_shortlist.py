@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import torch
@@ -177,14 +178,20 @@ def test_calibration_compares_each_tasks_score_with_its_own_baseline(stream: Str
         TaskInference(strategy="exhaustive", calibrate="sometimes")
 
 
+def _features(stream: Stream, x: Tensor, task: int) -> Tensor:
+    """What the feature probe records for batch ``x`` under ``task``'s own weights."""
+    from impress_lightning.inference.features import FeatureProbe
+
+    with torch.no_grad(), FeatureProbe(stream.net) as probe:
+        stream.net(x, Combine(tuple(c[task] for c in stream.coeffs)))
+    return probe.last
+
+
 @pytest.mark.slow
 def test_feature_matching_compares_each_tasks_features_with_its_own_signature(stream: Stream) -> None:
-    from impress_lightning.inference.features import FeatureProbe, feature_distance
+    from impress_lightning.inference.features import feature_distance
 
-    def features(x: Tensor, task: int) -> Tensor:
-        with torch.no_grad(), FeatureProbe(stream.net) as probe:
-            stream.net(x, Combine(tuple(c[task] for c in stream.coeffs)))
-        return probe.last
+    features = partial(_features, stream)
 
     with torch.no_grad():  # the probe records the second layer's input: the first layer's ReLU output
         x = stream.batches[0][0]
@@ -208,12 +215,7 @@ def test_feature_matching_compares_each_tasks_features_with_its_own_signature(st
 
 @pytest.mark.slow
 def test_feature_match_equals_the_exhaustive_feature_check_from_the_first_layer_alone(stream: Stream) -> None:
-    from impress_lightning.inference.features import FeatureProbe
-
-    def features(x: Tensor, task: int) -> Tensor:
-        with torch.no_grad(), FeatureProbe(stream.net) as probe:
-            stream.net(x, Combine(tuple(c[task] for c in stream.coeffs)))
-        return probe.last
+    features = partial(_features, stream)
 
     signatures = torch.stack([features(x[:64], t) for t, (x, _) in enumerate(stream.batches)])
     fast = TaskInference(strategy="feature_match")
