@@ -112,7 +112,8 @@ def interleaved_fastest(step: Callable[[int], None], sizes: list[int], rounds: i
 def time_shortlists(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor], shortlist: int, neighbours: int,
                     rounds: int, sync: Callable[[], None]) -> dict[int, float]:
     """Fastest whole shortlist inference of batch ``x`` among the T tasks of ``alphas[T]``, for every T, in
-    interleaved rounds (:func:`interleaved_fastest`). Every task's weights are cached, as ``TaskInferenceEvaluator(weight_cache_size=...)`` keeps them."""
+    interleaved rounds (:func:`interleaved_fastest`). Every task's weights are cached, as
+    ``TaskInferenceEvaluator(weight_cache_size=...)`` keeps them."""
     net.cache_size = sum(a.shape[0] for a in alphas.values())
     net.clear_cache()
     inference = TaskInference(strategy="shortlist", shortlist_size=shortlist, shortlist_neighbours=neighbours)
@@ -141,7 +142,10 @@ def time_feature_matches(net: SupermaskNet, x: Tensor, alphas: dict[int, Tensor]
 
     def step(num_tasks: int) -> None:
         coeffs = alphas[num_tasks]
-        classify = lambda batch, task: net(batch, Combine(coeffs[task]), cache_key=("fm", num_tasks, task))  # noqa: E731
+
+        def classify(batch: Tensor, task: int) -> Tensor:
+            return net(batch, Combine(coeffs[task]), cache_key=("fm", num_tasks, task))
+
         inference.infer(net, x, coeffs, num_classes=NUM_CLASSES, classify=classify, signatures=signatures[num_tasks])
 
     return interleaved_fastest(step, list(alphas), rounds, sync)
@@ -157,8 +161,8 @@ def report_against_t(rows: list[dict], name: str, seconds: dict[int, float], set
         ratio = f"{stack / seconds[row['T']]:28.2f}" if stack is not None else f"{'-':>28}"
         print(f"{row['T']:5d} {seconds[row['T']] * 1e3:18.1f} {ratio}")
     if 10 in seconds:
-        print(f"{name} at T / at T = 10: " + ", ".join(f"T={t}: {seconds[t] / seconds[10]:.2f}" for t in sorted(seconds))
-              + " (target: <= 2 at T = 250)")
+        ratios = ", ".join(f"T={t}: {seconds[t] / seconds[10]:.2f}" for t in sorted(seconds))
+        print(f"{name} at T / at T = 10: {ratios} (target: <= 2 at T = 250)")
 
 
 def main() -> None:

@@ -41,8 +41,8 @@ class TaskInferenceEvaluator(L.Callback):
             exact checks of ``shortlist`` / ``exhaustive`` then cost a plain forward each); None keeps the
             module's ``eval_cache_size``. Memory: one dense copy of the masked weights per cached task.
         every_task: evaluate after every task; False evaluates only after the last task (and in ``test``).
-        signature_examples: for methods that match features (``verify_by: features``, ``feature_match``): how many of each task's own held-out
-            examples (the datamodule's ``probe_loader``: its validation split, else its training split in a
+        signature_examples: for methods that match features (``verify_by: features``, ``feature_match``): how
+            many of each task's own held-out examples (the datamodule's ``probe_loader``: its validation split, else its training split in a
             seeded order) its feature signature averages; measured once per task. A whole validation split
             measured better than its first 1,024 examples (docs/task_inference.md).
     """
@@ -96,9 +96,9 @@ class TaskInferenceEvaluator(L.Callback):
         unshared = not self.shared_labels(trainer)
         if any(m.calibrates(unshared) or m.uses_signatures for m in self.methods) and \
                 not hasattr(trainer.datamodule, "probe_loader"):
-            raise ValueError("TaskInferenceEvaluator: calibrating and verify_by='features' measure each task on its own "
+            raise ValueError("TaskInferenceEvaluator: calibrating and feature matching measure each task on its own "
                              "held-out examples: the datamodule needs probe_loader(task) (TaskSequenceDataModule has "
-                             "one), or set the method's calibrate: never and verify_by: objective")
+                             "one), or set the method's calibrate: never (and no feature matching)")
         if any(m.objective == "superfluous" for m in self.methods) and not pl_module.hparams.get("extra_outputs"):
             raise ValueError("TaskInferenceEvaluator: objective='superfluous' needs never-labelled head outputs: "
                              "set model.extra_outputs > 0 (e.g. --model.extra_outputs 4) or use objective='entropy'")

@@ -46,8 +46,9 @@ class InferenceResult:
             ``logits.argmax(1)`` are the predictions.
         scores: one-shot (and shortlist by one-shot): ``∂objective/∂β_t`` per task at uniform β; shortlist by
             Taylor: the first-order estimate of each task's objective (smaller = likelier, both).
-        candidates: shortlist and exhaustive: the rows of ``task_coeffs`` whose exact objective was computed.
-        candidate_scores: the exact objective of each candidate under its own weights (smaller = likelier).
+        candidates: shortlist, exhaustive and feature_match: the rows of ``task_coeffs`` scored exactly.
+        candidate_scores: each candidate's exact score under its own weights: its objective (less its
+            baseline where calibrated) or its feature distance (smaller = likelier).
     """
 
     task: int
@@ -69,11 +70,12 @@ class TaskInference:
             their own weights; the smallest wins (O(n + m) passes: flat in T for ImpressLearn, and it can pick
             combination tasks, which one-shot's linear score cannot);
             ``"exhaustive"``: the exact objective of every task (T forwards; the accuracy upper bound of the
-            objective); ``"feature_match"``: every task's feature distance (``verify_by="features"``'s score),
-            computed from K passes of the first layer alone, then the nearest task classifies (one forward): the
-            exact answer of ``exhaustive`` + ``verify_by="features"`` at nearly flat cost in T, for MLPs
-            (networks whose second masked layer reads ``relu(first layer)``; refused otherwise). (METHOD.md §6's other reading, fitting a fresh α on the test batch, was built,
-            measured far below every discrete strategy, and removed: docs/task_inference.md.)
+            objective); ``"feature_match"``: every task's feature distance (``verify_by="features"``'s score)
+            computed from K passes of the first layer alone, then the nearest task classifies (one forward):
+            the answer of ``exhaustive`` + ``verify_by="features"`` at nearly flat cost in T, for MLPs
+            (networks whose second masked layer reads ``relu(first layer)``; refused otherwise). METHOD.md
+            §6's other reading, fitting a fresh α on the test batch, was built, measured far below every
+            discrete strategy and removed (docs/task_inference.md).
         objective: ``"entropy"`` (H, mean softmax entropy over the real classes) or ``"superfluous"``
             (G, needs a head with ``extra_outputs > 0`` never-labelled outputs; exact checks then compare the
             softmax mass on those outputs).
@@ -95,10 +97,9 @@ class TaskInference:
         calibrate: shortlist / exhaustive: when to compare tasks by their exact score less their own baseline
             (their mean score on their own held-out examples, ``infer(baselines=...)``) instead of by the raw
             score. ``"unshared_labels"`` (default): where every task has its own labels (GNu, class splits),
-            whose heads' confidence differs from task to task; measured there to identify every task where the
-            raw score identifies 0.60-0.65, and to lose on shared-label streams (docs/task_inference.md).
-            ``"always"`` / ``"never"`` fix it. One-shot and binary compare gradients, which a per-task
-            constant does not change: they never calibrate.
+            whose heads' confidence differs from task to task (it helps there and loses a little on
+            shared-label streams: docs/task_inference.md). ``"always"`` / ``"never"`` fix it. One-shot and
+            binary compare gradients, which a per-task constant does not change: they never calibrate.
         verify_by: shortlist / exhaustive: what the exact checks compare. ``"objective"``: each task's exact
             objective (calibrated as above); ``"features"``: how far the batch's first-layer features under the
             task's weights lie from the task's signature, their mean on its own held-out examples
