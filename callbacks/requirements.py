@@ -16,14 +16,16 @@ PROBE_METHOD = "probe_loader(task): held-out training examples that score the st
 
 def check_stream_datamodule(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
     """Raise a one-line ValueError when the trainer has no datamodule or it lacks a method the stream calls
-    (``probe_loader`` only when the config probes: ``alpha_start='best_impression'`` or an adaptive bank)."""
+    (``probe_loader`` only when the config probes: ``alpha_start='best_impression'``, an adaptive bank, or
+    ``feature_signatures``)."""
     dm = trainer.datamodule
     if dm is None:
         raise ValueError("a task stream needs a datamodule: call trainer.fit(module, datamodule=...) with a "
                          "TaskSequenceDataModule (or DatasetTaskSequence over your own data)")
     needed = dict(STREAM_METHODS)
     hparams = getattr(pl_module, "hparams", {})
-    if hparams.get("alpha_start") == "best_impression" or hparams.get("adaptive_bank") is not None:
+    if hparams.get("alpha_start") == "best_impression" or hparams.get("adaptive_bank") is not None or \
+            hparams.get("feature_signatures"):
         needed["probe_loader"] = PROBE_METHOD
     missing = [name for name in needed if not callable(getattr(dm, name, None))]
     if missing:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from impress_lightning.atomic import atomic_write
 from impress_lightning.callbacks.retention import rank_shard, run_directory
-from impress_lightning.stages import held_out_features, held_out_score, to_device
+from impress_lightning.stages import SIGNATURE_EXAMPLES, held_out_features, held_out_score, to_device
 from impress_lightning.inference import InferenceTally, TaskInference, get_score, score_inference
 
 
@@ -50,7 +50,7 @@ class TaskInferenceEvaluator(L.Callback):
     def __init__(self, methods: list[TaskInference] | None = None, labels: Literal["auto", "shared", "unshared"] = "auto",
                  split: Literal["test", "val"] = "test", batch_size: int = 128, max_batches_per_task: int | None = 20,
                  shuffle: bool = True, seed: int = 0, weight_cache_size: int | None = None,
-                 every_task: bool = True, signature_examples: int = 8192) -> None:
+                 every_task: bool = True, signature_examples: int = SIGNATURE_EXAMPLES) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_batches_per_task is not None and max_batches_per_task < 1:
@@ -156,10 +156,13 @@ class TaskInferenceEvaluator(L.Callback):
         return torch.tensor([self._baselines[objective, task] for task in range(seen)], dtype=torch.float64)
 
     def signatures(self, module: L.LightningModule, seen: int) -> torch.Tensor:
-        """``[seen, C]``: every task's feature signature on its own held-out examples, measured once per task."""
+        """``[seen, C]``: every task's feature signature on its own held-out examples: the one the task table
+        recorded when the task was learned (``model.feature_signatures``), else measured here once per task."""
+        table = module.table
         for task in range(seen):
             if task not in self._signatures:
-                self._signatures[task] = held_out_features(module, task, self.signature_examples)
+                self._signatures[task] = table.feature_signatures[task].double() if table.has_signature[task] \
+                    else held_out_features(module, task, self.signature_examples)
         return torch.stack([self._signatures[task] for task in range(seen)])
 
     def tally(self, trainer: L.Trainer, module: L.LightningModule, task: int, method: TaskInference | None,

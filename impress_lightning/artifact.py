@@ -108,6 +108,9 @@ class TaskBank:
     # per learned task: its mean softmax entropy on its own held-out examples when it was learned (-1: not
     # measured), the baseline of calibrated task inference; empty in files before version 4
     baseline_entropy: list[float] = field(default_factory=list)
+    # model.feature_signatures: float16 [len(tasks), C], each task's mean first-layer features on its own held-out
+    # examples (feature matching); empty [0, 0] otherwise and in files before version 4
+    feature_signatures: Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.float16))
     bn_names: list[str] = field(default_factory=list)
     bn_features: list[int] = field(default_factory=list)
     bn_stats: Tensor | None = None  # float [len(tasks), Σ_b 2·C_b]: per BN layer its running mean, then var
@@ -168,6 +171,8 @@ class TaskBank:
             masks=masks, tasks=tasks, slots=[-1 if s is None else s for s in slots],
             combination=rule_to_dict(table.rule), coefficients=coeffs, head_tasks=head_tasks, head_masks=head_masks,
             baseline_entropy=[float(table.baseline_entropy[t]) for t in tasks],
+            feature_signatures=table.feature_signatures[tasks].detach().cpu() if bool(table.has_signature[tasks].all())
+            else torch.zeros(0, 0, dtype=torch.float16),
             mask_counts=[int(table.mask_count[t]) if s is None else 0 for t, s in zip(tasks, slots)],
             bn_names=list(net.bn_names), bn_features=[bn.num_features for bn in net.batchnorms], bn_stats=bn_stats,
             extra_state=_extra_state(net),
@@ -192,6 +197,9 @@ class TaskBank:
                 len(self.head_tasks), packed_size(numels[-1])) or any(
                 t not in self.tasks or self.slots[t] >= 0 for t in self.head_tasks)):
             raise ArtifactError("head_tasks and head_masks disagree (or name impression tasks): the file is damaged")
+        if self.feature_signatures.numel() and (self.feature_signatures.dtype != torch.float16 or tuple(
+                self.feature_signatures.shape) != (len(self.tasks), self.layer_shapes[0][0])):
+            raise ArtifactError("feature_signatures must be float16 [tasks, first-layer outputs]: the file is damaged")
         if self.baseline_entropy and len(self.baseline_entropy) != len(self.tasks):
             raise ArtifactError("baseline_entropy needs one value per learned task: the file is damaged")
         if self.normalization is not None and (
@@ -221,6 +229,7 @@ class TaskBank:
         """
         total = len(self.to_bytes()) if file_bytes is None else file_bytes
         parts = {"masks": self.masks.nbytes + self.head_masks.nbytes, "coefficients": self.coefficients.nbytes,
+                 "signatures": self.feature_signatures.nbytes,
                  "batchnorm": 0 if self.bn_stats is None else self.bn_stats.nbytes,
                  "other": sum(t.nbytes for t in self.extra_state.values())}
         return {**parts, "metadata": total - sum(parts.values()), "total": total}

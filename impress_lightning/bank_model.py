@@ -43,13 +43,16 @@ class TaskBankModel(nn.Module):
                                 "wrote the bank")
         self._load_state(bank)
         self.table = TaskTable(bank.slots, bank.num_impressions, rule_from_dict(bank.combination),
-                               [layer.weight.shape for layer in self.net.layers], hybrid_heads=bool(bank.head_tasks))
+                               [layer.weight.shape for layer in self.net.layers], hybrid_heads=bool(bank.head_tasks),
+                               signatures=bool(bank.feature_signatures.numel()))
         with torch.no_grad():
             combos = [t for t, s in zip(bank.tasks, bank.slots) if s < 0]
             for row, task in enumerate(combos):
                 self.table.coefficients[task].copy_(bank.coefficients[row].float())
             self.table.mask_count.copy_(torch.tensor(bank.mask_counts))
             self.table.num_learned.fill_(len(bank.tasks))
+            for task in bank.tasks if bank.feature_signatures.numel() else ():
+                self.table.record_signature(task, bank.feature_signatures[task])
             if bank.baseline_entropy:
                 self.table.baseline_entropy[: len(bank.tasks)] = torch.tensor(bank.baseline_entropy)
             head = self.net.layers[-1].weight.shape
@@ -115,10 +118,12 @@ class TaskBankModel(nn.Module):
         there compares with the baselines the bank stores (one-line error for a bank without them)."""
         unshared = self.bank.label_maps is not None and any(
             self.bank.label_maps[t] != self.bank.label_maps[self.tasks[0]] for t in self.tasks)
-        if inference.uses_signatures:
+        if inference.uses_signatures and not bool(self.table.has_signature[: len(self.tasks)].all()):
             raise ArtifactError(f"strategy={inference.strategy!r} / verify_by={inference.verify_by!r} matches each "
-                                "task's feature signature, which a task bank does not store yet: use --strategy "
-                                "oneshot, binary, shortlist or exhaustive")
+                                "task's feature signature, which this bank does not store: train with "
+                                "--model.feature_signatures true and re-export, or use --strategy oneshot, binary, "
+                                "shortlist or exhaustive")
+        signatures = self.table.feature_signatures[: len(self.tasks)].double() if inference.uses_signatures else None
         baselines = self.table.baseline_entropy[: len(self.tasks)]
         if inference.calibrates(unshared) and (inference.objective != "entropy" or bool((baselines < 0).any())):
             raise ArtifactError("this bank stores no entropy baseline for every task, which calibrated inference "
@@ -126,7 +131,7 @@ class TaskBankModel(nn.Module):
                                 "off (--calibrate never / calibrate: never)")
         return inference.infer(self.net, x, self.task_coeffs(), num_classes=self.num_classes, task_ids=self.tasks,
                                classify=lambda batch, task: self(batch, task), baselines=baselines,
-                               unshared_labels=unshared)
+                               unshared_labels=unshared, signatures=signatures)
 
 
 def load_task_bank(path: str | os.PathLike, cache_size: int = 2) -> TaskBankModel:

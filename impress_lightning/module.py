@@ -72,6 +72,10 @@ class ImpressLearnModule(L.LightningModule):
         eval_cache_size: finished tasks whose combined weights stay materialised for evaluation.
         probe_batches: batches of a task's probe examples used to score the stored impressions (one-hot start)
             and, once the task is learned, to measure its baseline entropy (calibrated task inference).
+        feature_signatures: once each task is learned, record its feature signature (its mean first-layer
+            features on up to 8,192 of its probe examples) so checkpoints and exported banks can infer tasks by
+            feature matching (``TaskInference(strategy="feature_match")``). It stores one float16 per output
+            unit of the first layer per task, counted in the task's stored bytes.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class ImpressLearnModule(L.LightningModule):
         seed: int = 0,
         eval_cache_size: int = 2,
         probe_batches: int = 2,
+        feature_signatures: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["mask_optimizer", "alpha_optimizer"])
@@ -117,7 +122,8 @@ class ImpressLearnModule(L.LightningModule):
                            num_tasks=num_tasks, seed=seed),
             cache_size=eval_cache_size)
         self.table = TaskTable(slots, capacity, combination or PerNeuron(),
-                               [layer.weight.shape for layer in self.net.layers], hybrid_heads=hybrid_head is not None)
+                               [layer.weight.shape for layer in self.net.layers], hybrid_heads=hybrid_head is not None,
+                               signatures=feature_signatures)
         self.homogeneous = num_impressions if impression_source == "homogeneous" else 0
         self.mask_optimizer, self.alpha_optimizer = mask_optimizer, alpha_optimizer
         self.train_acc, self.val_acc = task_accuracy(num_classes), task_accuracy(num_classes)
@@ -254,9 +260,11 @@ class ImpressLearnModule(L.LightningModule):
                     raise RuntimeError(f"bank holds {len(layer.bank)} masks, expected {stage.slot} before freezing")
                 layer.bank.add(self.rule(layer.scores).detach())
         if stage.completes_task and hasattr(getattr(self._trainer, "datamodule", None), "probe_loader"):
-            from impress_lightning.stages import held_out_score
+            from impress_lightning.stages import SIGNATURE_EXAMPLES, held_out_features, held_out_score
 
             self.table.baseline_entropy[stage.task] = held_out_score(self, stage.task, entropy_objective)
+            if self.hparams.feature_signatures:
+                self.table.record_signature(stage.task, held_out_features(self, stage.task, SIGNATURE_EXAMPLES))
 
     # ----- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -75,6 +75,9 @@ def held_out_score(module: ImpressLearnModule, task: int, score: Callable[[Tenso
     return total / count
 
 
+SIGNATURE_EXAMPLES = 8192  # probe examples a feature signature averages: a whole MNIST validation split
+
+
 @torch.no_grad()
 def held_out_features(module: ImpressLearnModule, task: int, max_examples: int) -> Tensor:
     """``task``'s feature signature (:mod:`impress_lightning.inference.features`): the mean of its first-layer

@@ -61,10 +61,11 @@ class TaskTable(nn.Module):
         rule: the combination rule that lays out each layer's coefficients.
         weight_shapes: shapes of the masked layers' weights, in the network's order.
         hybrid_heads: keep room for a dedicated last-layer mask per task (see :mod:`impress_lightning.hybrid`).
+        signatures: keep room for each task's feature signature (:mod:`impress_lightning.inference.features`).
     """
 
     def __init__(self, slots: Sequence[int], capacity: int, rule: CombinationRule | None,
-                 weight_shapes: Sequence[Sequence[int]], hybrid_heads: bool = False) -> None:
+                 weight_shapes: Sequence[Sequence[int]], hybrid_heads: bool = False, signatures: bool = False) -> None:
         super().__init__()
         self.rule = rule or PerLayer()
         self.capacity = capacity
@@ -90,10 +91,16 @@ class TaskTable(nn.Module):
         # Each task's mean softmax entropy on its own probe examples when it was learned (-1: not measured):
         # the baseline calibrated task inference compares it with.
         self.register_buffer("baseline_entropy", torch.full((len(slots),), -1.0, dtype=torch.float64))
+        # Feature signatures (allocated only when recorded): per task one float16 per first-layer output unit.
+        width = self.weight_shapes[0][0] if signatures else 0
+        self.register_buffer("feature_signatures", torch.zeros(len(slots) if signatures else 0, width,
+                                                               dtype=torch.float16))
+        self.register_buffer("has_signature", torch.zeros(len(slots), dtype=torch.bool))
 
     # Buffers newer than the first checkpoints: a checkpoint written before one existed loads it with the value
     # that means "never used" (no hybrid head was possible then), so older runs stay testable and resumable.
-    _LATER_BUFFERS = ("head_masks", "head_kept", "head_validation", "baseline_entropy")
+    _LATER_BUFFERS = ("head_masks", "head_kept", "head_validation", "baseline_entropy", "feature_signatures",
+                      "has_signature")
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in self._LATER_BUFFERS:
@@ -174,6 +181,13 @@ class TaskTable(nn.Module):
         self.head_kept[task] = kept
         self.head_validation[task] = torch.tensor([combination_accuracy, hybrid_accuracy])
 
+    def record_signature(self, task: int, signature: Tensor) -> None:
+        """Store ``task``'s feature signature (``[C]``, kept in float16)."""
+        if self.feature_signatures.shape[0] == 0:
+            raise RuntimeError("this task table has no room for feature signatures (built without signatures)")
+        self.feature_signatures[task] = signature.to(self.feature_signatures.dtype)
+        self.has_signature[task] = True
+
     def penalty(self, task: int) -> Tensor:
         """``Σ_rows (‖α_row‖₁ − 1)²`` over every coefficient row of ``task`` (a layer, or one output neuron)."""
         n = int(self.mask_count[task])
@@ -221,12 +235,14 @@ class TaskTable(nn.Module):
 
     def storage(self, task: int, mask_numels: Sequence[int]) -> dict[str, int]:
         """What ``task`` trained and what it keeps: ``trainable_parameters`` and ``stored_bytes`` (its bit-packed
-        mask, or its coefficients at the rule's precision)."""
+        mask, or its coefficients at the rule's precision; plus its feature signature where one is recorded)."""
+        signature = self.feature_signatures.shape[1] * 2 if self.has_signature[task] else 0  # float16 values
         if self.slot_of(task) is not None:
             return {"trainable_parameters": int(sum(mask_numels)),
-                    "stored_bytes": int(sum(packed_size(n) for n in mask_numels))}
+                    "stored_bytes": int(sum(packed_size(n) for n in mask_numels)) + signature}
         count = self.coefficient_count(task)
         tried = mask_numels[-1] if self.head_validation[task, 0] >= 0 else 0  # a head stage trained its scores
         kept = packed_size(mask_numels[-1]) if self.head_kept[task] else 0
-        return {"trainable_parameters": count + tried, "stored_bytes": count * self.rule.bytes_per_value + kept}
+        return {"trainable_parameters": count + tried,
+                "stored_bytes": count * self.rule.bytes_per_value + kept + signature}
 

@@ -37,13 +37,15 @@ class TrainedStream(NamedTuple):
     export_output: str
 
 
-def train_stream(root: Path, backbone: str, source: str, family: str = "rotate") -> TrainedStream:
+def train_stream(root: Path, backbone: str, source: str, family: str = "rotate",
+                 feature_signatures: bool = False) -> TrainedStream:
     """Train 3 digit tasks (2 impressions for ImpressLearn) for one short epoch each, checkpointing every epoch."""
     torch.manual_seed(0)
     dm = TaskSequenceDataModule(dataset="digits", family=family, num_tasks=3, batch_size=64, train_subset=64,
                                 classes_per_task=3 if family == "split" else None, seed=0)
     module = ImpressLearnModule(backbone=backbone, num_tasks=3, num_classes=dm.num_classes, input_shape=dm.input_shape,
-                                num_impressions=2, impression_source=source, mask_rule=TopK(0.3))
+                                num_impressions=2, impression_source=source, mask_rule=TopK(0.3),
+                                feature_signatures=feature_signatures)
     ckpt = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_on_train_epoch_end=True, save_top_k=-1)
     trainer = L.Trainer(max_epochs=module.schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         callbacks=[FreezeImpressions(verbose=False),

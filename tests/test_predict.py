@@ -166,5 +166,40 @@ def test_calibrated_inference_on_a_class_split_bank_uses_its_stored_baselines(tr
     predict("--bank", tmp_path / "v3.pt", "--input", tmp_path / "x.pt", "--infer", "--strategy", "exhaustive",
             "--calibrate", "never", "--output", tmp_path / "p.csv")
     assert {int(r["task"]) for r in read_csv(tmp_path / "p.csv")} == {raw.task}
-    with pytest.raises(SystemExit, match="feature signature, which a task bank does not store yet"):
+    with pytest.raises(SystemExit, match="feature signature, which this bank does not store"):
         predict("--bank", trained.bank, "--input", tmp_path / "x.pt", "--infer", "--strategy", "feature_match")
+
+
+def test_feature_signatures_travel_from_training_to_predict(tmp_path_factory, tmp_path):
+    import torch.nn.functional as F
+
+    from impress_lightning.bank_model import TaskBankModel
+    from impress_lightning.inference import TaskInference
+
+    signed = train_stream(tmp_path_factory.mktemp("signed"), "lenet_300_100", "heterogeneous", "split",
+                          feature_signatures=True)
+    table, first = signed.module.table, signed.module.net.layers[0]
+    assert table.has_signature.all() and table.feature_signatures.dtype == torch.float16
+    with torch.no_grad():  # task 2 (a combination): its mean relu(first layer) over its own held-out examples
+        x = torch.cat([x for x, _ in signed.dm.probe_loader(2)])
+        weight = first.effective_weight(table.selection(2), 0)
+        own = F.relu(F.linear(x.flatten(1), weight)).mean(0)
+    torch.testing.assert_close(table.feature_signatures[2].float(), own, rtol=2e-3, atol=1e-3)
+    width = first.weight.shape[0]
+    plain = train_stream(tmp_path_factory.mktemp("plain"), "lenet_300_100", "heterogeneous", "split")
+    unsigned = TaskBank.load(plain.bank)
+    bank = TaskBank.load(signed.bank)
+    assert tuple(bank.feature_signatures.shape) == (3, width) and unsigned.feature_signatures.numel() == 0
+    assert bank.sizes()["signatures"] == 3 * width * 2  # one float16 per first-layer unit per task
+    shapes = [layer.weight.numel() for layer in signed.module.net.layers]
+    assert table.storage(2, shapes)["stored_bytes"] - table.coefficient_count(2) * table.rule.bytes_per_value == \
+        2 * width
+    batch = next(iter(signed.dm.eval_dataloader(1)))[0][:32]
+    torch.save(batch, tmp_path / "x.pt")
+    predict("--bank", signed.bank, "--input", tmp_path / "x.pt", "--infer", "--strategy", "feature_match",
+            "--output", tmp_path / "p.csv")
+    expected = TaskBankModel(bank).infer(batch, TaskInference(strategy="feature_match"))
+    assert {int(r["task"]) for r in read_csv(tmp_path / "p.csv")} == {expected.task}
+    assert [int(r["output"]) for r in read_csv(tmp_path / "p.csv")] == expected.logits.argmax(1).tolist()
+    with pytest.raises(SystemExit, match="train with --model.feature_signatures true and re-export"):
+        predict("--bank", plain.bank, "--input", tmp_path / "x.pt", "--infer", "--strategy", "feature_match")

@@ -142,6 +142,7 @@ def size_report(bank: TaskBank, bank_path: Path, bank_bytes: int, ckpt_path: Pat
         "masks": f"{k} mask(s) x {sizes['masks'] // max(k, 1):,} B (1 bit per weight, {weights:,} weights)",
         "coefficients": f"{combos} combination task(s) x {bank.coefficients.shape[1]} {str(bank.coefficients.dtype)[6:]} "
                         f"({rule})",
+        "signatures": f"{bank.feature_signatures.shape[0]} feature signature(s), float16 (model.feature_signatures)",
         "batchnorm": f"{len(bank.tasks)} task(s) x {len(bank.bn_names)} BN layer(s), mean+var float32",
         "other": "backbone state that is neither regenerated nor masked",
         "metadata": "shapes, selections, label maps, normalisation, file structure",
