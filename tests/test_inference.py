@@ -286,7 +286,7 @@ def test_the_neighbour_climb_walks_downhill_through_nearest_tasks_only() -> None
     ({"strategy": "oracle"}, "strategy"), ({"objective": "H"}, "objective"), ({"num_examples": 0}, "num_examples"),
     ({"superposition_norm": "l2"}, "superposition_norm"), ({"shortlist_size": 0}, "shortlist_size"),
     ({"shortlist_by": "gradient"}, "shortlist_by"), ({"shortlist_neighbours": -1}, "shortlist_neighbours"),
-    ({"strategy": "alpha_fit"}, "strategy"),
+    ({"strategy": "alpha_fit"}, "strategy"), ({"rank_examples": 0}, "rank_examples"),
 ])
 def test_bad_config_names_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):

@@ -218,7 +218,8 @@ def test_feature_match_equals_the_exhaustive_feature_check_from_the_first_layer_
     features = partial(_features, stream)
 
     signatures = torch.stack([features(x[:64], t) for t, (x, _) in enumerate(stream.batches)])
-    fast = TaskInference(strategy="feature_match")
+    fast = TaskInference(strategy="feature_match", rank_examples=None)  # every task on the whole batch
+    ranked = TaskInference(strategy="feature_match", rank_examples=16, shortlist_size=2)
     exact = TaskInference(strategy="exhaustive", verify_by="features")
     for task, (x, _) in enumerate(stream.batches):  # combinations included, which one-shot misses (first test)
         quick = fast.infer(stream.net, x[64:], stream.coeffs, num_classes=NUM_CLASSES, signatures=signatures)
@@ -226,5 +227,9 @@ def test_feature_match_equals_the_exhaustive_feature_check_from_the_first_layer_
         assert quick.task == full.task == task
         torch.testing.assert_close(quick.candidate_scores, full.candidate_scores, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(quick.logits, full.logits)
+        # ranked on 16 images, the 2 nearest scored on all 64: the same winner, at the same distance
+        two = ranked.infer(stream.net, x[64:], stream.coeffs, num_classes=NUM_CLASSES, signatures=signatures)
+        assert two.task == task and len(two.candidates) == 2 and task in two.candidates.tolist()
+        torch.testing.assert_close(two.candidate_scores.min(), full.candidate_scores.min(), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="needs signatures"):
         fast.infer(stream.net, x, stream.coeffs, num_classes=NUM_CLASSES)

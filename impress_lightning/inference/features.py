@@ -73,23 +73,27 @@ def first_layer_input(net: SupermaskNet, x: Tensor) -> Tensor:
     return seen[0]
 
 
-def first_layer_features(net: SupermaskNet, x: Tensor, first_coeffs: Tensor, chunk: int = 32) -> Tensor:
-    """``[T, C]``: every task's feature means on batch ``x`` (what :class:`FeatureProbe` records under its
-    weights), computed from the first layer alone, for networks whose second masked layer reads
-    ``relu(first layer)`` (the MLPs; checked by the caller).
+def impression_outputs(net: SupermaskNet, x: Tensor, n: int) -> Tensor:
+    """``[n, B, C, S]``: the first masked layer's output for batch ``x`` under each of the first ``n`` bank
+    masks alone (S: the spatial positions of a conv layer, 1 for a linear one)."""
+    layer, inputs = net.layers[0], first_layer_input(net, x)
+    outs = torch.stack([layer.apply_weight(inputs, layer.weight * layer.bank.mask(k, layer.weight.dtype))
+                        for k in range(n)])
+    return outs.flatten(3) if outs.dim() > 3 else outs.unsqueeze(-1)
+
+
+def task_features(outs: Tensor, first_coeffs: Tensor, chunk: int = 32) -> Tensor:
+    """``[T, C]``: every task's feature means (what :class:`FeatureProbe` records under its weights) from
+    :func:`impression_outputs`, for networks whose second masked layer reads ``relu(first layer)`` (the MLPs;
+    checked by the caller).
 
     The first layer is linear in its weight and a combination's weight is ``W ⊙ Σ_k α_k M_k``, so its output for
-    task t is ``Σ_k α_{t,k} · out_k`` with ``out_k`` the output under impression k alone (α per layer, or one
-    row per output channel): K passes of the first layer serve every task, then O(T · K · B · C) arithmetic.
+    task t is ``Σ_k α_{t,k} · out_k`` (α per layer, or one row per output channel): K passes of the first layer
+    serve every task, then O(T · K · B · C) arithmetic.
 
     Args:
         first_coeffs: the first layer's coefficients of every task, ``[T, n]`` or ``[T, C, n]``.
     """
-    layer, inputs = net.layers[0], first_layer_input(net, x)
-    n = first_coeffs.shape[-1]
-    outs = torch.stack([layer.apply_weight(inputs, layer.weight * layer.bank.mask(k, layer.weight.dtype))
-                        for k in range(n)])  # [n, B, C, *spatial]
-    outs = outs.flatten(3) if outs.dim() > 3 else outs.unsqueeze(-1)  # [n, B, C, S]
     equation = "tk,kbcs->tbcs" if first_coeffs.dim() == 2 else "tck,kbcs->tbcs"
     means = [torch.einsum(equation, rows.to(outs.dtype), outs).relu_().mean(dim=(1, 3))
              for rows in first_coeffs.split(chunk)]

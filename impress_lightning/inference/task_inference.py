@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Sequence, get_args
 import torch
 from torch import Tensor
 
-from impress_lightning.inference.features import FeatureProbe, feature_distance, first_layer_features
+from impress_lightning.inference.features import FeatureProbe, feature_distance, impression_outputs, task_features
 from impress_lightning.inference.objectives import ObjectiveName, get_objective, get_score
 from impress_lightning.inference.strategies import (
     binary, climb_neighbours, one_shot, taylor_estimates, uniform_beta, verify,
@@ -105,6 +105,9 @@ class TaskInference:
             task's weights lie from the task's signature, their mean on its own held-out examples
             (``infer(signatures=...)``, :mod:`impress_lightning.inference.features`). The ranking stays the
             objective's Taylor estimate.
+        rank_examples: feature_match: every task is first scored on this many leading examples of the batch,
+            then the ``shortlist_size`` nearest are scored on all of them and the nearest wins (the per-task
+            arithmetic is what grows with T); None scores every task on the whole batch.
     """
 
     strategy: StrategyName = "oneshot"
@@ -116,6 +119,7 @@ class TaskInference:
     shortlist_neighbours: int = 2
     calibrate: CalibrateWhen = "unshared_labels"
     verify_by: VerifyBy = "objective"
+    rank_examples: int | None = 32
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
@@ -131,6 +135,8 @@ class TaskInference:
             raise ValueError(f"shortlist_neighbours must be >= 0, got {self.shortlist_neighbours}")
         if self.calibrate not in get_args(CalibrateWhen):
             raise ValueError(f"calibrate={self.calibrate!r} is unknown; use one of {list(get_args(CalibrateWhen))}")
+        if self.rank_examples is not None and self.rank_examples < 1:
+            raise ValueError(f"rank_examples must be >= 1 (or None for the whole batch), got {self.rank_examples}")
         if self.verify_by not in get_args(VerifyBy):
             raise ValueError(f"verify_by={self.verify_by!r} is unknown; use one of {list(get_args(VerifyBy))}")
         if self.verify_by == "features" and (self.strategy not in ("shortlist", "exhaustive")
@@ -258,26 +264,32 @@ class TaskInference:
                 candidates, exact = torch.tensor(list(checked)), torch.stack(list(checked.values()))
         return {"row": row, "logits": logits, "scores": scores, "candidates": candidates, "candidate_scores": exact}
 
-    @staticmethod
-    def _match_features(net: SupermaskNet, probe: Tensor, coeffs: TaskCoeffs,
+    def _match_features(self, net: SupermaskNet, probe: Tensor, coeffs: TaskCoeffs,
                         own_logits: Callable[[Tensor, int], Tensor], signatures: Tensor) -> dict[str, Any]:
-        """``feature_match``: every task's feature distance from the first layer alone; the nearest task's own
-        forward then classifies, and its recorded features must equal the computed ones (else the network
-        is not one this shortcut fits, and it says so rather than answer wrongly)."""
+        """``feature_match``: every task's feature distance from the first layer alone (on ``rank_examples`` of
+        the batch, then the ``shortlist_size`` nearest on all of it); the nearest task's own forward then
+        classifies, and its recorded features must equal the computed ones (else the network is not one this
+        shortcut fits, and it says so rather than answer wrongly)."""
         if net.bn_names:
             raise ValueError("strategy='feature_match' computes features from the first layer alone, which a "
                              "network with BatchNorm does not allow: use strategy='exhaustive' with "
                              "verify_by='features'")
-        first = coeffs[0] if not torch.is_tensor(coeffs) else coeffs[:, 0] if coeffs.dim() == 3 else coeffs
+        first = (coeffs[0] if not torch.is_tensor(coeffs) else coeffs[:, 0] if coeffs.dim() == 3 else coeffs).detach()
         with torch.no_grad():
-            features = first_layer_features(net, probe, first.detach())
-            reference = signatures.detach().double().to(features.device)
-            distances = feature_distance(features, reference)
-            row = int(distances.argmin())
+            outs = impression_outputs(net, probe, first.shape[-1])
+            reference = signatures.detach().double().to(outs.device)
+            candidates = torch.arange(num_rows(coeffs), device=outs.device)
+            if self.rank_examples is not None and self.rank_examples < len(probe) and \
+                    num_rows(coeffs) > self.shortlist_size:  # else scoring every task on the whole batch is as cheap
+                ranked = feature_distance(task_features(outs[:, : self.rank_examples], first), reference)
+                candidates = ranked.topk(min(self.shortlist_size, len(ranked)), largest=False).indices
+            distances = feature_distance(task_features(outs, first[candidates]), reference[candidates])
+            best = int(distances.argmin())
+            row = int(candidates[best])
             with FeatureProbe(net) as recorded:
                 logits = own_logits(probe, row)
-        if not torch.allclose(recorded.last, features[row], rtol=1e-3, atol=1e-5):
+            computed = task_features(outs, first[row: row + 1])[0]
+        if not torch.allclose(recorded.last, computed, rtol=1e-3, atol=1e-5):
             raise ValueError("strategy='feature_match' assumes the second masked layer reads relu(first layer), "
                              "which this network does not: use strategy='exhaustive' with verify_by='features'")
-        return {"row": row, "logits": logits, "candidates": torch.arange(num_rows(coeffs)),
-                "candidate_scores": distances.cpu()}
+        return {"row": row, "logits": logits, "candidates": candidates.cpu(), "candidate_scores": distances.cpu()}
