@@ -58,49 +58,52 @@ def probe_accuracy(module: ImpressLearnModule, task: int, selections: Sequence[S
 
 
 @torch.no_grad()
-def held_out_score(module: ImpressLearnModule, task: int, score: Callable[[Tensor, int], Tensor]) -> float:
-    """``task``'s mean ``score(logits, num_classes)`` under its own learned weights on the first
-    ``probe_batches`` batches of its probe examples, in eval mode: the baseline that calibrated task inference
-    compares the task's score with (``TaskInference.calibrate``)."""
-    total, count = 0.0, 0
+def held_out_mean(module: ImpressLearnModule, task: int, measure: Callable[[Tensor], Tensor], what: str,
+                  batches: int, max_examples: int | None = None) -> Tensor:
+    """The example-weighted mean of ``measure(x)`` (a batch mean, float64) over the first ``batches`` batches of
+    ``task``'s probe examples, at most ``max_examples`` of them, in eval mode; ``what`` names the quantity in
+    the error for a task without probe examples."""
+    total, count = None, 0
     was_training = module.training
     module.eval()
-    for x, _ in probe_batches(module, task, module.hparams.probe_batches):
-        total += float(score(module(x, task), module.num_classes)) * len(x)
+    for x, _ in probe_batches(module, task, batches):
+        x = x if max_examples is None else x[: max_examples - count]
+        part = measure(x) * len(x)
+        total = part if total is None else total + part
         count += len(x)
+        if max_examples is not None and count >= max_examples:
+            break
     module.train(was_training)
-    if count == 0:
-        raise ValueError(f"task {task} has no probe examples to measure its baseline on: give it a validation "
+    if total is None:
+        raise ValueError(f"task {task} has no probe examples to measure its {what} on: give it a validation "
                          "split (data.val_fraction > 0) or training examples")
     return total / count
+
+
+def held_out_score(module: ImpressLearnModule, task: int, score: Callable[[Tensor, int], Tensor]) -> float:
+    """``task``'s mean ``score(logits, num_classes)`` under its own learned weights on the first
+    ``probe_batches`` batches of its probe examples: the baseline that calibrated task inference compares the
+    task's score with (``TaskInference.calibrate``)."""
+    return float(held_out_mean(module, task, lambda x: score(module(x, task), module.num_classes).double(),
+                               "baseline", module.hparams.probe_batches))
 
 
 SIGNATURE_EXAMPLES = 8192  # probe examples a feature signature averages: a whole MNIST validation split
 
 
-@torch.no_grad()
 def held_out_features(module: ImpressLearnModule, task: int, max_examples: int) -> Tensor:
     """``task``'s feature signature (:mod:`impress_lightning.inference.features`): the mean of its first-layer
     features under its own weights over the first ``max_examples`` of its probe examples (its whole validation
     split, where that is smaller)."""
     from impress_lightning.inference.features import FeatureProbe
 
-    total, count = None, 0
-    was_training = module.training
-    module.eval()
     with FeatureProbe(module.net) as probe:
-        for x, _ in probe_batches(module, task, max_examples):  # at most one example per batch: enough batches
-            x = x[: max_examples - count]
+        def features(x: Tensor) -> Tensor:
             module(x, task)
-            total = probe.last * len(x) if total is None else total + probe.last * len(x)
-            count += len(x)
-            if count >= max_examples:
-                break
-    module.train(was_training)
-    if total is None:
-        raise ValueError(f"task {task} has no probe examples to measure its feature signature on: give it a "
-                         "validation split (data.val_fraction > 0) or training examples")
-    return total / count
+            return probe.last
+
+        # at most one example per batch is used up, so max_examples batches are always enough
+        return held_out_mean(module, task, features, "feature signature", max_examples, max_examples)
 
 
 def probe_impressions(module: ImpressLearnModule, task: int) -> list[float]:

@@ -283,13 +283,13 @@ class TaskInference:
                     num_rows(coeffs) > self.shortlist_size:  # else scoring every task on the whole batch is as cheap
                 ranked = feature_distance(task_features(outs[:, : self.rank_examples], first), reference)
                 candidates = ranked.topk(min(self.shortlist_size, len(ranked)), largest=False).indices
-            distances = feature_distance(task_features(outs, first[candidates]), reference[candidates])
+            features = task_features(outs, first[candidates])
+            distances = feature_distance(features, reference[candidates])
             best = int(distances.argmin())
             row = int(candidates[best])
             with FeatureProbe(net) as recorded:
                 logits = own_logits(probe, row)
-            computed = task_features(outs, first[row: row + 1])[0]
-        if not torch.allclose(recorded.last, computed, rtol=1e-3, atol=1e-5):
+        if not torch.allclose(recorded.last, features[best], rtol=1e-3, atol=1e-5):
             raise ValueError("strategy='feature_match' assumes the second masked layer reads relu(first layer), "
                              "which this network does not: use strategy='exhaustive' with verify_by='features'")
         return {"row": row, "logits": logits, "candidates": candidates.cpu(), "candidate_scores": distances.cpu()}
