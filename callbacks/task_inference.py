@@ -42,8 +42,9 @@ class TaskInferenceEvaluator(L.Callback):
             module's ``eval_cache_size``. Memory: one dense copy of the masked weights per cached task.
         every_task: evaluate after every task; False evaluates only after the last task (and in ``test``).
         signature_examples: for methods that match features (``verify_by: features``, ``feature_match``): how
-            many of each task's own held-out examples (the datamodule's ``probe_loader``: its validation split, else its training split in a
-            seeded order) its feature signature averages; measured once per task. A whole validation split
+            many of each task's own held-out examples (the datamodule's ``probe_loader``: its validation split,
+            else its training split in a seeded order) its feature signature averages; measured once per task,
+            where the task table recorded none. A whole validation split
             measured better than its first 1,024 examples (docs/task_inference.md).
     """
 

@@ -51,8 +51,9 @@ class TaskBankModel(nn.Module):
                 self.table.coefficients[task].copy_(bank.coefficients[row].float())
             self.table.mask_count.copy_(torch.tensor(bank.mask_counts))
             self.table.num_learned.fill_(len(bank.tasks))
-            for task in bank.tasks if bank.feature_signatures.numel() else ():
-                self.table.record_signature(task, bank.feature_signatures[task])
+            if bank.feature_signatures.numel():
+                for task in bank.tasks:
+                    self.table.record_signature(task, bank.feature_signatures[task])
             if bank.baseline_entropy:
                 self.table.baseline_entropy[: len(bank.tasks)] = torch.tensor(bank.baseline_entropy)
             head = self.net.layers[-1].weight.shape

@@ -98,7 +98,8 @@ class TaskTable(nn.Module):
         self.register_buffer("has_signature", torch.zeros(len(slots), dtype=torch.bool))
 
     # Buffers newer than the first checkpoints: a checkpoint written before one existed loads it with the value
-    # that means "never used" (no hybrid head was possible then), so older runs stay testable and resumable.
+    # that means "none" (no head, baseline or signature could be recorded then), so older runs stay testable
+    # and resumable.
     _LATER_BUFFERS = ("head_masks", "head_kept", "head_validation", "baseline_entropy", "feature_signatures",
                       "has_signature")
 
