@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 FORMAT = "impress-lightning-task-bank"
 FORMAT_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)  # 3 is 4 without calibration baselines, 2 is 3 without hybrid heads
+READABLE_VERSIONS = (2, 3, 4)  # 3 is 4 without baselines and signatures, 2 is 3 without hybrid heads
 
 
 class ArtifactError(ValueError):

@@ -247,7 +247,8 @@ class ImpressLearnModule(L.LightningModule):
     def freeze_stage(self, stage: Stage) -> None:
         """Freeze what ``stage`` learned: its mask into bank slot ``stage.slot`` of every layer, its
         coefficients at their stored precision, or its head decision; then, once the task is complete and the
-        datamodule has probe examples, its baseline entropy (calibrated task inference)."""
+        datamodule has probe examples, its baseline entropy (calibrated task inference) and, with
+        ``feature_signatures``, its feature signature."""
         if stage.kind == "combination":
             self.table.finish(stage.task)
         elif stage.kind == "head":
