@@ -58,7 +58,8 @@ def test_training_on_a_task_updates_only_its_row(x: torch.Tensor) -> None:
     biased = h.var(dim=(0, 2, 3), unbiased=False)
     normalised = (h - batch_mean[None, :, None, None]) / torch.sqrt(biased[None, :, None, None] + EPS)
     torch.testing.assert_close(out, head(net, normalised), rtol=1e-4, atol=1e-5)
-    assert norm.running_mean.numel() == 0  # the placeholder is restored after the forward pass
+    assert norm.stats_in_use is None  # cleared after the forward pass
+    assert all(layer.weight_in_use is None for layer in net.layers)
 
 
 def test_eval_uses_the_stored_row_and_changes_nothing(x: torch.Tensor) -> None:

@@ -45,6 +45,8 @@ class SupermaskLayer(nn.Module):
         self.reset_scores(seed)
         self.bank = ImpressionBank(weight_shape, bank_capacity)
         self._planes: tuple[tuple, list[CodePlane]] | None = None
+        # The weight of the forward pass in progress, set and cleared by SupermaskNet (None: `weight`).
+        self.weight_in_use: Tensor | None = None
 
     def reset_scores(self, seed: int) -> None:
         """Re-initialise the scores Kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
@@ -89,8 +91,10 @@ class SupermaskLayer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        # SupermaskNet swaps `weight` for the effective weight (torch.func.functional_call).
-        return self.apply_weight(x, self.weight)
+        # SupermaskNet hands the effective weight in through `weight_in_use` for one forward pass; without
+        # it (a plain call, or torch.func.functional_call swapping `weight`) the layer uses `weight`.
+        weight = self.weight_in_use
+        return self.apply_weight(x, self.weight if weight is None else weight)
 
 
 class SupermaskLinear(SupermaskLayer):
