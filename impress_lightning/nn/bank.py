@@ -66,5 +66,10 @@ class ImpressionBank(nn.Module):
         return len(self) * packed_size(self.numel)
 
     def version_token(self) -> tuple:
-        """Changes whenever the stored bits may have changed (add, load_state_dict, device move)."""
-        return (self.packed.data_ptr(), self.packed._version, len(self))
+        """Changes whenever the stored bits may have changed (add, load_state_dict, device move).
+
+        Built from addresses and in-place version counters only: reading ``count``'s value would cost a
+        device sync on every forward pass, and it is read on every one: the buffers are taken from
+        ``_buffers`` directly, skipping nn.Module's slow attribute fallback."""
+        packed, count = self._buffers["packed"], self._buffers["count"]
+        return (packed.data_ptr(), packed._version, count.data_ptr(), count._version)
