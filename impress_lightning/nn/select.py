@@ -37,18 +37,19 @@ def _int_view(scores: Tensor) -> tuple[Tensor, int]:
     return scores.detach().contiguous().view(int_dtype).flatten(), width
 
 
-def _locate(counts: Tensor, wanted: int, forbidden_bin: int) -> tuple[int, int, int]:
-    """The bin of a histogram (bins ascending) holding the ``wanted``-th largest entry:
-    ``(bin, how many of the wanted largest are in it, how many entries it holds)``, read in one host sync.
+def _locate(counts: Tensor, total: int, wanted: int, forbidden_bin: int) -> tuple[int, int, int]:
+    """The bin of a histogram (bins ascending, ``total`` entries) holding the ``wanted``-th largest entry:
+    ``(bin, how many of the wanted largest are in it, how many entries it holds)``, in two host syncs.
     Raises NON_FINITE when any entry lies in ``forbidden_bin`` or above."""
-    from_the_top = counts.flip(0)
-    at_or_above = from_the_top.cumsum(0)  # entries in each bin or above it, from the top bin down
-    found = (at_or_above < wanted).sum()  # the first bin (from the top) where that total reaches `wanted`
-    found, in_bin, total, forbidden = torch.stack([found, from_the_top[found], at_or_above[found],
-                                                   at_or_above[counts.numel() - 1 - forbidden_bin]]).tolist()
-    if forbidden:
+    at_or_below = counts.cumsum(0)  # entries in each bin or below it
+    # The wanted-th largest is the (total - wanted + 1)-th smallest: in the first bin whose running total
+    # reaches that rank.
+    found = int(torch.searchsorted(at_or_below, total - wanted + 1))
+    up_to, in_bin, below_forbidden = torch.stack([at_or_below[found], counts[found],
+                                                  at_or_below[forbidden_bin - 1]]).tolist()
+    if below_forbidden != total:
         raise ValueError(NON_FINITE)
-    return counts.numel() - 1 - found, wanted - (total - in_bin), in_bin  # the higher bins' entries are all kept
+    return found, wanted - (total - up_to), in_bin  # the higher bins' entries are all kept
 
 
 def _kth_largest(raw: Tensor, magnitudes: Tensor, width: int, k: int, floor: int) -> tuple[int, int | None]:
@@ -65,7 +66,8 @@ def _kth_largest(raw: Tensor, magnitudes: Tensor, width: int, k: int, floor: int
     shift = width - 1 - digit_bits
     digits = magnitudes.__irshift__(shift)  # the top digits, in place
     # The inf/NaN floor is a multiple of the bin width: the bins from its own up hold exactly the non-finite.
-    digit, wanted, in_bin = _locate(torch.bincount(digits, minlength=1 << digit_bits), k, floor >> shift)
+    digit, wanted, in_bin = _locate(torch.bincount(digits, minlength=1 << digit_bits), raw.numel(), k,
+                                    floor >> shift)
     if shift == 0:  # the digits were the whole magnitudes (16-bit formats)
         return digit, None if wanted == in_bin else wanted
     # The entries of that bin, their magnitudes re-read from the scores; every entry equal to the k-th
@@ -121,19 +123,16 @@ def topk_keep(scores: Tensor, k: int) -> Tensor:
 def topk_masked(scores: Tensor, weight: Tensor, k: int) -> Tensor:
     """``weight * topk_keep(scores, k)`` (the float product, signed zeros included), in fewer passes.
 
-    Where the boundary splits no ties and ``weight`` has the format of ``scores``, the product is built on the
-    bit patterns, in place in the selection's scratch tensor: ``threshold - 1 - |score bits|`` is negative
-    exactly for the kept entries, so an arithmetic shift by ``width - 1`` turns it into all-ones there and
-    zero elsewhere; with the sign bit added, ANDing that word into ``weight`` keeps a kept weight and turns a
-    dropped one into the zero of its sign (``w * 0.0``). No compare, bool-to-float conversion or multiply.
+    Where the boundary splits no ties, the comparison is written straight into a float tensor, which the
+    weight then multiplies in place: no bool mask, no bool-to-float conversion, no second full-size product.
     """
     if k <= 0 or weight.shape != scores.shape:
         return weight * topk_keep(scores, k).to(weight.dtype)
     bits, threshold, ties_kept = _boundary(scores, k)
-    if ties_kept is not None or weight.dtype != scores.dtype or not weight.is_contiguous():
+    if ties_kept is not None:
         return weight * _keep(bits, threshold, ties_kept).view(scores.shape).to(weight.dtype)
-    width = _INT_OF_FLOAT[weight.dtype][1]
-    keep_word = bits.neg_().add_(threshold - 1).__irshift__(width - 1)
-    keep_word |= -(1 << (width - 1))  # the sign bit: a dropped weight becomes the zero of its own sign
-    keep_word &= weight.view(bits.dtype).flatten()
-    return keep_word.view(weight.dtype).view(weight.shape)
+    if weight.dtype.itemsize != bits.element_size():
+        kept = torch.ge(bits, threshold, out=torch.empty(bits.shape, dtype=weight.dtype, device=weight.device))
+    else:  # into the selection's own scratch tensor: a fresh full-size tensor costs more than the pass
+        kept = torch.ge(bits, threshold, out=bits.view(weight.dtype))
+    return kept.view(weight.shape).mul_(weight)
