@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from impress_lightning.callbacks.numerics import _all_finite
+from impress_lightning.callbacks.numerics import checked_values
+
+
+def all_finite(loss: torch.Tensor, learned: list[torch.Tensor]) -> bool:
+    return all(map(math.isfinite, checked_values(loss, learned).tolist()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
-def test_all_finite_agrees_with_isfinite_all(dtype: torch.dtype) -> None:
+def test_checked_values_are_finite_exactly_when_everything_is(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(0)
+    loss = torch.tensor(0.5)
     for shape in [(1,), (300, 784), (10, 3, 3)]:
         values = torch.randn(shape, generator=gen).to(dtype)
-        assert bool(_all_finite(values))
+        other = torch.randn(7, generator=gen).to(dtype)
+        assert all_finite(loss, [values, other])
         for bad in (float("nan"), float("inf"), float("-inf")):
+            assert not all_finite(torch.tensor(bad), [values, other]), bad
             for position in (0, values.numel() // 2, values.numel() - 1):
                 broken = values.clone()
                 broken.view(-1)[position] = bad
-                assert not bool(_all_finite(broken)), (shape, bad, position)
-    assert bool(_all_finite(torch.empty(0, dtype=dtype)))
+                assert not all_finite(loss, [other, broken]), (shape, bad, position)
+    assert all_finite(loss, [torch.empty(0, dtype=dtype)])
