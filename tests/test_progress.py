@@ -87,3 +87,27 @@ def test_task_line_and_closing_table_show_the_numbers_of_the_summary():
                                  "+0.3000"]
     assert lines[-1].split() == ["total", "stored", "7,000", "B", "task", "time", "3.0", "s", "wall", "time", "12.5",
                                  "s"]
+
+
+def test_throttle_lets_a_bar_redraw_at_most_its_rate_and_always_on_the_last_batch(monkeypatch):
+    from impress_lightning.callbacks import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    throttle = progress._Throttle(per_second=10)
+    drawn = []
+    for batch_idx in range(10):  # ten batches 0.03 s apart; the epoch has 10
+        drawn.append(throttle.due(batch_idx, total=10))
+        clock[0] += 0.03
+    # the first, then every 0.1 s (4 batches of 0.03 s), and the last batch although only 0.06 s passed
+    assert drawn == [True, False, False, False, True, False, False, False, True, True]
+    assert progress._Throttle(per_second=0).due(0, None)  # a rate of 0 never holds a redraw back
+
+
+def test_the_swapped_default_rich_bar_redraws_at_most_ten_times_a_second():
+    from impress_lightning.callbacks.progress import REDRAWS_PER_SECOND, task_progress_bar
+
+    assert RichProgressBar().refresh_rate == 100  # Lightning's default, which held the GIL for half a LeNet fit
+    swapped = task_progress_bar(RichProgressBar())
+    assert type(swapped) is TaskRichProgressBar and swapped.refresh_rate == REDRAWS_PER_SECOND == 10
+    assert task_progress_bar(RichProgressBar(refresh_rate=2)).refresh_rate == 2  # a slower rate is kept
