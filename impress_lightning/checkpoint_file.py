@@ -23,7 +23,8 @@ class CheckpointError(ValueError):
 # Any other difference (backbone, tasks, impressions, their source, epochs, seed, dataset, ...) is refused.
 RESUMABLE_MODEL = frozenset({"alpha_start", "cosine_schedule", "alpha_regularization", "probe_batches",
                              "eval_cache_size"})
-RESUMABLE_DATA = frozenset({"data_dir", "download", "batch_size", "eval_batch_size", "num_workers", "pin_memory"})
+RESUMABLE_DATA = frozenset({"data_dir", "download", "batch_size", "eval_batch_size", "num_workers", "pin_memory",
+                            "eval_cache_mib"})
 # Evaluating (validate / test) runs no schedule and reads no training examples: epochs, the training subset and
 # augmentation may differ too.
 EVALUABLE_MODEL = RESUMABLE_MODEL | {"impression_epochs", "combination_epochs"}

@@ -74,3 +74,27 @@ def test_only_a_couple_of_training_tasks_stay_cached() -> None:
 def test_labels_outside_the_dataset_classes_are_rejected() -> None:
     with pytest.raises(ValueError, match="train labels span 0..9, outside the dataset's 0..4"):
         _source(num_classes=5)
+
+
+def test_evaluation_tensors_stay_cached_within_their_byte_budget() -> None:
+    test_bytes = 50 * 16 + 50 * 8  # 50 test images of 4x4 uint8 and their int64 labels
+    source = _source(eval_cache_bytes=3 * test_bytes)
+    for task in range(5):
+        source.tensors(task, "test")
+    assert len(source._eval_cache) == 3  # the three most recent
+    newest = source.tensors(4, "test")[0]
+    assert source.tensors(4, "test")[0] is newest
+    nothing = _source(eval_cache_bytes=0)
+    first = nothing.tensors(0, "test")[0]
+    assert len(nothing._eval_cache) == 0 and nothing.tensors(0, "test")[0] is not first
+    assert torch.equal(nothing.tensors(0, "test")[0], first)  # rebuilt, the same tensors
+
+
+def test_the_datamodule_passes_its_cache_budget_and_refuses_a_negative_one() -> None:
+    from impress_lightning.data import EmbeddedDigits
+
+    data = EmbeddedDigits(num_tasks=2, eval_cache_mib=0)
+    data.setup()
+    assert data.source._eval_cache.max_bytes == 0
+    with pytest.raises(ValueError, match=r"eval_cache_mib=-1 must be >= 0"):
+        EmbeddedDigits(num_tasks=2, eval_cache_mib=-1)

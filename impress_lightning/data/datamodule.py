@@ -54,13 +54,17 @@ class TaskSequenceDataModule(L.LightningDataModule):
             flip); None uses the dataset's default (on for CIFAR and ImageNet, none for the digit datasets).
         shuffle_classes: for family="split", draw the class order from ``seed`` (else classes in natural order).
         pin_memory: pin batches in page-locked memory; None pins when CUDA is available.
+        eval_cache_mib: memory (MiB) for the validation and test tensors of finished tasks, which retention
+            evaluation revisits (rotated / permuted once, then kept, least recently used dropped first); 0 keeps
+            none and rebuilds each on every visit. Only the in-memory datasets (not ImageFolder) use it.
     """
 
     def __init__(self, dataset: str = "digits", family: Family = "rotate",
                  num_tasks: int = 5, classes_per_task: int | None = None, data_dir: str = "data",
                  download: bool = False, batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
                  val_fraction: float = 0.1, train_subset: int | None = None, seed: int = 0,
-                 augment: bool | None = None, shuffle_classes: bool = True, pin_memory: bool | None = None) -> None:
+                 augment: bool | None = None, shuffle_classes: bool = True, pin_memory: bool | None = None,
+                 eval_cache_mib: int = 1024) -> None:
         super().__init__()
         self.provider = self._find_provider(dataset)
         info = self.provider.info
@@ -85,6 +89,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
         _check(0.0 <= val_fraction < 1.0, f"val_fraction={val_fraction} must be in [0, 1)")
         _check(train_subset is None or train_subset >= 1, f"train_subset={train_subset} must be >= 1 or null")
         _check(seed >= 0, f"seed={seed} must be >= 0")
+        _check(eval_cache_mib >= 0, f"eval_cache_mib={eval_cache_mib} must be >= 0 (0 caches nothing)")
         _check(not (augment and info.in_memory and info.augmentation is None),
                f"augment=true: dataset={dataset!r} has no training augmentation; leave augment unset")
         _check(not (download and not info.in_memory),
@@ -98,6 +103,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
         self.augment = info.augment_by_default if augment is None else augment
         self.shuffle_classes = shuffle_classes
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.eval_cache_mib = eval_cache_mib
         self.collate = NormalizeCollate(info.mean, info.std)
         self._family: TaskFamily | None = None
         self._source: InMemorySource | FolderSource | None = None
@@ -195,7 +201,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
             return
         self._source = InMemorySource(self.provider.load(self.data_dir), family, self.base_num_classes,
                                       self.val_fraction, self.train_subset, self.seed,
-                                      self.provider.info.augmentation)
+                                      self.provider.info.augmentation, eval_cache_bytes=self.eval_cache_mib << 20)
 
     @property
     def source(self) -> InMemorySource | FolderSource:

@@ -20,7 +20,6 @@ from impress_lightning.data.tensors import CropFlip, TaskTensors
 
 Split = Literal["train", "val", "test"]
 TRAIN_CACHE_TASKS = 2
-EVAL_CACHE_BYTES = 1 << 30
 
 
 class TensorLRU:
@@ -67,10 +66,12 @@ class InMemorySource:
         train_subset: cap on training examples per task, or None.
         seed: run seed (holdout, augmentation).
         augmentation: per-batch training augmentation used when ``train_dataset(..., augment=True)``.
+        eval_cache_bytes: budget of the cached validation / test tensors (0: none cached).
     """
 
     def __init__(self, splits: TensorSplits, family: TaskFamily, num_classes: int, val_fraction: float,
-                 train_subset: int | None, seed: int, augmentation: CropFlip | None) -> None:
+                 train_subset: int | None, seed: int, augmentation: CropFlip | None,
+                 eval_cache_bytes: int = 1 << 30) -> None:
         for name, labels in (("train", splits.train_labels), ("test", splits.test_labels)):
             if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
                 raise ValueError(f"{name} labels span {int(labels.min())}..{int(labels.max())}, outside the "
@@ -83,7 +84,7 @@ class InMemorySource:
         self._val_index = order[:n_val].sort().values
         self._train_index = order[n_val:]  # kept in seeded random order so a train_subset cap is a random subset
         self._train_cache = TensorLRU(max_items=TRAIN_CACHE_TASKS)
-        self._eval_cache = TensorLRU(max_bytes=EVAL_CACHE_BYTES)
+        self._eval_cache = TensorLRU(max_bytes=eval_cache_bytes)
 
     def _build(self, task: int, split: Split) -> tuple[Tensor, Tensor]:
         if split == "test":
