@@ -53,7 +53,7 @@ def stream_config(args: argparse.Namespace, impressions: int) -> dict:
     return {
         "seed_everything": 0,
         "trainer": {"accelerator": args.device, "devices": 1, "deterministic": True, "log_every_n_steps": 50,
-                    "enable_progress_bar": False, "enable_model_summary": False,
+                    "enable_progress_bar": args.progress_bar, "enable_model_summary": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": "runs", "name": "bench_fit", "version": ""}},
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the three ways")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--progress-bar", action="store_true",
+                        help="fit with its default (task-aware) progress bar, as a user's fit runs (drawn to stdout)")
     args = parser.parse_args(argv)
     if args.tasks < 2:
         parser.error(f"--tasks must be >= 2 (impressions, then a combination task), got {args.tasks}")
