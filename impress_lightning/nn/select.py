@@ -39,14 +39,15 @@ def _int_view(scores: Tensor) -> tuple[Tensor, int]:
 
 def _locate(counts: Tensor, total: int, wanted: int, forbidden_bin: int) -> tuple[int, int, int]:
     """The bin of a histogram (bins ascending, ``total`` entries) holding the ``wanted``-th largest entry:
-    ``(bin, how many of the wanted largest are in it, how many entries it holds)``, in two host syncs.
+    ``(bin, how many of the wanted largest are in it, how many entries it holds)``, read in one host sync.
     Raises NON_FINITE when any entry lies in ``forbidden_bin`` or above."""
     at_or_below = counts.cumsum(0)  # entries in each bin or below it
     # The wanted-th largest is the (total - wanted + 1)-th smallest: in the first bin whose running total
     # reaches that rank.
-    found = int(torch.searchsorted(at_or_below, total - wanted + 1))
-    up_to, in_bin, below_forbidden = torch.stack([at_or_below[found], counts[found],
-                                                  at_or_below[forbidden_bin - 1]]).tolist()
+    found = torch.searchsorted(at_or_below, total - wanted + 1).view(1)
+    found, up_to, in_bin, below_forbidden = torch.cat([found, at_or_below.index_select(0, found),
+                                                       counts.index_select(0, found),
+                                                       at_or_below[forbidden_bin - 1:forbidden_bin]]).tolist()
     if below_forbidden != total:
         raise ValueError(NON_FINITE)
     return found, wanted - (total - up_to), in_bin  # the higher bins' entries are all kept
