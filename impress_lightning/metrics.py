@@ -31,9 +31,10 @@ def _check_value(value: Any, where: str) -> float | None:
     """``value`` as a float in [0, 1] (or None), with a one-line error naming ``where`` otherwise."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{where} = {value!r} must be a float accuracy in [0, 1] or None")
-    value = float(value)
+    if type(value) is not float:  # the usual case skips the (slow) abstract-class check: called per cell
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(f"{where} = {value!r} must be a float accuracy in [0, 1] or None")
+        value = float(value)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"{where} = {value} is outside [0, 1]: pass accuracies as fractions, not percentages")
     return value
@@ -97,14 +98,20 @@ def _mean(values: Sequence[float]) -> float:
 
 def average_accuracy(R: AccuracyMatrix) -> float:
     """Average accuracy over the tasks seen so far: ``ACC = (1/T) * sum_{j<T} R[T-1][j]``."""
-    rows = validate_matrix(R)
+    return _average_accuracy(validate_matrix(R))
+
+
+def _average_accuracy(rows: list[list[float | None]]) -> float:
     T = len(rows)
     return _mean([rows[T - 1][j] for j in range(T)])
 
 
 def row_average_accuracy(R: AccuracyMatrix) -> list[float]:
     """Average accuracy after each task: element ``i`` is ``(1/(i+1)) * sum_{j<=i} R[i][j]``."""
-    rows = validate_matrix(R)
+    return _row_average_accuracy(validate_matrix(R))
+
+
+def _row_average_accuracy(rows: list[list[float | None]]) -> list[float]:
     return [_mean(row[: i + 1]) for i, row in enumerate(rows)]
 
 
@@ -113,7 +120,10 @@ def backward_transfer(R: AccuracyMatrix) -> float:
 
     Negative means the later tasks hurt the earlier ones; ``0.0`` when fewer than 2 tasks were trained.
     """
-    rows = validate_matrix(R)
+    return _backward_transfer(validate_matrix(R))
+
+
+def _backward_transfer(rows: list[list[float | None]]) -> float:
     T = len(rows)
     if T < 2:
         return 0.0
@@ -126,7 +136,10 @@ def forgetting(R: AccuracyMatrix) -> float:
     The drop from the best accuracy task ``j`` ever had to its final accuracy (negative only if every
     task ended above its earlier best); ``0.0`` when fewer than 2 tasks were trained.
     """
-    rows = validate_matrix(R)
+    return _forgetting(validate_matrix(R))
+
+
+def _forgetting(rows: list[list[float | None]]) -> float:
     T = len(rows)
     if T < 2:
         return 0.0
@@ -158,11 +171,12 @@ def summarise(R: AccuracyMatrix, before: Sequence[float | None] | None = None) -
     Keys: ``average_accuracy``, ``bwt``, ``forgetting``, ``row_average_accuracy`` (list, one entry per
     trained task) and, when ``before`` is given, ``fwt`` (may be ``None``, see :func:`forward_transfer`).
     """
+    rows = validate_matrix(R)  # once: it reads every cell, and retention summarises after every task
     summary: dict[str, Any] = {
-        "average_accuracy": average_accuracy(R),
-        "bwt": backward_transfer(R),
-        "forgetting": forgetting(R),
-        "row_average_accuracy": row_average_accuracy(R),
+        "average_accuracy": _average_accuracy(rows),
+        "bwt": _backward_transfer(rows),
+        "forgetting": _forgetting(rows),
+        "row_average_accuracy": _row_average_accuracy(rows),
     }
     if before is not None:
         summary["fwt"] = forward_transfer(R, before)
