@@ -57,7 +57,7 @@ def placement_record(table: TaskTable, task: int, kind: str, adaptive: AdaptiveB
     """Why ``task`` is what it is: the decision's reason, the best stored impression's probe accuracy (None
     when nothing was probed) and, for a task that tried a hybrid head, that decision's validation accuracies."""
     probe = float(table.probe_accuracy[task])
-    before = sum(1 for t in range(task) if table.slot_of(t) is not None)
+    before = int((table.slots[:task] >= 0).sum())  # impressions stored before it (one reduction, not T reads)
     record: dict[str, object] = {"placement": placement_reason(kind, probe, adaptive, before),
                                  "best_impression_probe_accuracy": None if probe < 0 else probe}
     plain, hybrid = table.head_validation[task].tolist()
