@@ -172,20 +172,28 @@ class RetentionEvaluator(L.Callback):
     def summary(self, pl_module: L.LightningModule) -> dict[str, Any]:
         """The retention.json content for the rows filled so far."""
         seen = len(self.matrix)
-        stats = summarise(latest_measured([row[:seen] for row in self.matrix]))
-        tasks = [{"task": t, "kind": pl_module.schedule.kind_of_task(t), "seconds": self.task_seconds[t],
+        # One gap-filled copy serves both: filling reads only earlier rows of the same column, so trimming the
+        # unseen columns after it is the same as before it. (Everything here reads all T x T cells after
+        # every task: done once, not once per metric.)
+        latest = latest_measured(self.matrix)
+        stats = summarise([row[:seen] for row in latest])
+        schedule = pl_module.schedule
+        tasks = [{"task": t, "kind": schedule.kind_of_task(t), "seconds": self.task_seconds[t],
                   **pl_module.task_storage(t), **pl_module.placement(t), **_baseline_fields(self.best_impression, t)}
                  for t in range(seen)]
         return {"accuracy_matrix": self.matrix, "average_accuracy": stats["average_accuracy"], "bwt": stats["bwt"],
-                "forgetting": stats["forgetting"], **self.transfer(pl_module), "tasks": tasks, "split": self.split,
+                "forgetting": stats["forgetting"], **self.transfer(pl_module, latest), "tasks": tasks,
+                "split": self.split,
                 "impression_source": pl_module.source, "num_impressions": pl_module.bank_size,
                 "total_stored_bytes": sum(task["stored_bytes"] for task in tasks)}
 
-    def transfer(self, pl_module: L.LightningModule) -> dict[str, Any]:
+    def transfer(self, pl_module: L.LightningModule, latest: list[list[float | None]]) -> dict[str, Any]:
         """Forward transfer (``metrics.forward_transfer``): "before training task j" is the best single
         impression's accuracy on j, the reference is chance, 1/num_classes (what a model that never saw task
-        j scores in expectation). None until a task with stored impressions before it is done."""
-        ahead = latest_measured(self.matrix)  # with old_tasks, unevaluated old cells read their latest value
+        j scores in expectation). None until a task with stored impressions before it is done. ``latest``:
+        ``metrics.latest_measured`` of the matrix (with old_tasks, unevaluated old cells read their latest
+        value)."""
+        ahead = [list(row) for row in latest]
         for j, best in enumerate(self.best_impression[: len(ahead)]):
             if j > 0 and best is not None:
                 ahead[j - 1][j] = best["accuracy"]

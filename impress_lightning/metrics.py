@@ -62,7 +62,9 @@ def validate_matrix(R: AccuracyMatrix, allow_gaps: bool = False) -> list[list[fl
         elif len(row) != width:
             raise ValueError(f"R is ragged: R[0] has {width} columns but R[{i}] has {len(row)}; "
                              "pad unseen tasks with None")
-        rows.append([_check_value(v, f"R[{i}][{j}]") for j, v in enumerate(row)])
+        # The usual cells (None, or a float in [0, 1]) pass without a call or the name of the cell being built.
+        rows.append([v if v is None or (type(v) is float and 0.0 <= v <= 1.0) else _check_value(v, f"R[{i}][{j}]")
+                     for j, v in enumerate(row)])
     assert width is not None  # R is non-empty, so row 0 set it
     if len(rows) > width:
         raise ValueError(f"R has {len(rows)} rows but only {width} columns: need one column per task "
@@ -154,7 +156,10 @@ def forward_transfer(R: AccuracyMatrix, before: Sequence[float | None]) -> float
     random-init model); ``R[j-1][j]`` is task ``j`` evaluated just before training it. Returns ``None``
     when no term is defined (nothing was evaluated ahead of training).
     """
-    rows = validate_matrix(R)
+    return _forward_transfer(validate_matrix(R), before)
+
+
+def _forward_transfer(rows: list[list[float | None]], before: Sequence[float | None]) -> float | None:
     width = len(rows[0])
     if not _is_list_like(before) or len(before) != width:
         raise ValueError(f"before must be a list of {width} accuracies (one per column of R, None where "
@@ -179,7 +184,7 @@ def summarise(R: AccuracyMatrix, before: Sequence[float | None] | None = None) -
         "row_average_accuracy": _row_average_accuracy(rows),
     }
     if before is not None:
-        summary["fwt"] = forward_transfer(R, before)
+        summary["fwt"] = _forward_transfer(rows, before)
     return summary
 
 
