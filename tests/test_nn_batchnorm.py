@@ -103,8 +103,11 @@ def test_missing_bn_task_is_a_clear_error(x: torch.Tensor, bad) -> None:
 
 
 def test_unknown_task_row_is_an_error(x: torch.Tensor) -> None:
+    net = make_net(num_tasks=3)
     with pytest.raises(IndexError, match="task 3"):
-        make_net(num_tasks=3)(x, Dense(), bn_task=3)
+        net(x, Dense(), bn_task=3)
+    # the failed pass left no weight or statistics behind for a later plain call of the backbone
+    assert all(layer.weight_in_use is None for layer in net.layers) and bn(net).stats_in_use is None
 
 
 def test_bn_free_network_needs_no_bn_task() -> None:

@@ -68,8 +68,8 @@ class ImpressionBank(nn.Module):
     def version_token(self) -> tuple:
         """Changes whenever the stored bits may have changed (add, load_state_dict, device move).
 
-        Built from addresses and in-place version counters only: reading ``count``'s value would cost a
-        device sync on every forward pass, and it is read on every one: the buffers are taken from
-        ``_buffers`` directly, skipping nn.Module's slow attribute fallback."""
+        Read on every forward pass, so it is built from addresses and in-place version counters only (reading
+        ``count``'s value would be a device sync) and takes the buffers from ``_buffers`` directly (skipping
+        nn.Module's slow attribute fallback)."""
         packed, count = self._buffers["packed"], self._buffers["count"]
         return (packed.data_ptr(), packed._version, count.data_ptr(), count._version)
