@@ -31,10 +31,9 @@ def _check_value(value: Any, where: str) -> float | None:
     """``value`` as a float in [0, 1] (or None), with a one-line error naming ``where`` otherwise."""
     if value is None:
         return None
-    if type(value) is not float:  # the usual case skips the (slow) abstract-class check: called per cell
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"{where} = {value!r} must be a float accuracy in [0, 1] or None")
-        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{where} = {value!r} must be a float accuracy in [0, 1] or None")
+    value = float(value)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"{where} = {value} is outside [0, 1]: pass accuracies as fractions, not percentages")
     return value
