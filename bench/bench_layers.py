@@ -7,6 +7,8 @@ bias-free, batch 128, random data, 10 outputs. Variants:
 
 - ``dense``: the same network as plain torch modules, Adam on its weights (the reference for training ratios);
 - ``mask``: top-k mask learning, ``LearnMask(TopK(density))``, Adam on the scores;
+- ``mask_torch_ops``: the same, with the library's selection in torch operations (what runs on GPUs, and on
+  the CPU when the compiled kernel is not built);
 - ``mask_torch_topk``: the same with the mask taken by ``torch.topk`` on ``|scores|`` and multiplied in as a
   float tensor (the library's earlier implementation, kept here as the reference for the speed-up);
 - ``threshold``: threshold mask learning, ``LearnMask(Threshold(0))`` (SupSup's rule), Adam on the scores;
@@ -38,10 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from impress_lightning.backbones import build_backbone, plain_backbone
-from impress_lightning.nn import Combine, LearnMask, MaskRule, SupermaskNet, Threshold, TopK
+from impress_lightning.nn import Combine, LearnMask, MaskRule, SupermaskNet, Threshold, TopK, select
+from impress_lightning.nn.masks import _TopKMaskedWeight, kept_count
 
 TARGETS = {"mask": 0.6, "threshold": 0.6, "combine": 0.8, "cached_eval": 0.95}  # ratio to dense asked for
-REFERENCE = {"dense": "dense", "mask": "dense", "mask_torch_topk": "dense", "threshold": "dense",
+REFERENCE = {"dense": "dense", "mask": "dense", "mask_torch_ops": "dense", "mask_torch_topk": "dense", "threshold": "dense",
              "combine": "dense", "cached_eval": "dense_eval", "dense_eval": "dense_eval"}
 NETWORKS = {"fc1024": (1, 28, 28), "lenet_300_100": (1, 28, 28), "gem_resnet18": (3, 32, 32)}  # input shapes
 
@@ -53,6 +56,20 @@ class Variant:
     name: str
     description: str
     step: Callable[[], None]
+
+
+class TorchOpsTopK(TopK):
+    """The library's top-k rule with its selection in torch operations, never the compiled CPU kernel."""
+
+    def masked_weight(self, scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return _TorchOpsMaskedWeight.apply(scores, weight, kept_count(scores.numel(), self.layer_density(scores.shape)))
+
+
+class _TorchOpsMaskedWeight(_TopKMaskedWeight):
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, weight: torch.Tensor, k: int) -> torch.Tensor:
+        ctx.save_for_backward(scores, weight)
+        return select._torch_topk_masked(scores, weight, k)
 
 
 class TorchTopK(TopK):
@@ -139,6 +156,8 @@ def build_variants(network: str, k: int, density: float, batch: int, seed: int,
     return [
         Variant("dense", "dense training (Adam on weights)", train_step(dense, dense_opt, batches)),
         learner(rule, "mask", f"top-k mask learning, density {density}, radix select (Adam on scores)"),
+        learner(TorchOpsTopK(density), "mask_torch_ops", f"top-k mask learning, density {density}, radix select "
+                "in torch ops"),
         learner(TorchTopK(density), "mask_torch_topk", f"top-k mask learning, density {density}, torch.topk"),
         learner(Threshold(0.0), "threshold", "threshold mask learning, scores >= 0 (Adam on scores)"),
         Variant("combine", f"alpha-combination of K={k} impressions, per-layer alpha (Adam on alpha)",
@@ -251,10 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = summarise(variants, rates)
     header = (f"{args.network} {NETWORKS[args.network]}, batch {args.batch}, K={args.k}, density {args.density}, "
               f"device {device}, threads {args.threads}, torch {torch.__version__}, {args.repeats} repeats of "
-              f"{args.steps} train / {args.eval_steps} eval steps; ratio = median of per-repeat ratios")
+              f"{args.steps} train / {args.eval_steps} eval steps; ratio = median of per-repeat ratios\n"
+              f"{select.kernel_status()}")
     print_table(rows, header)
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "selection": select.kernel_status(), "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "rows": rows}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

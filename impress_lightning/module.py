@@ -17,6 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -24,6 +25,7 @@ from impress_lightning.backbones import build_backbone
 from impress_lightning.config_checks import AlphaStart, check_module_config
 from impress_lightning.distributed import sync_task_statistics
 from impress_lightning.metrics import task_accuracy
+from impress_lightning.nn import select
 from impress_lightning.nn import (
     CombinationRule, Global, LearnMask, MaskRule, PerLayer, PerNeuron, Selection, SupermaskNet, Threshold, TopK,
 )
@@ -213,6 +215,8 @@ class ImpressLearnModule(L.LightningModule):
                                  "data.val_fraction > 0 (e.g. 0.1)")
 
     def on_fit_start(self) -> None:
+        if self.device.type == "cpu" and not select.kernel_loaded():
+            rank_zero_info(f"[impress] {select.kernel_status()}")  # mask learning runs, only slower
         if self.hparams.impression_source == "random" and self.bank_size == 0:
             self.fill_random_impressions()
 

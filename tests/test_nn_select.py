@@ -1,4 +1,8 @@
-"""Radix top-k selection and the fused mask steps: bit-identical to the exact rule, ties included."""
+"""Radix top-k selection and the fused mask steps: bit-identical to the exact rule, ties included.
+
+Each selection test runs twice: through the public functions (the compiled kernel for float32 on the CPU) and
+through the torch-op implementation every other device and format uses.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import torch
 
 from impress_lightning.nn import Threshold, TopK
 from impress_lightning.nn.masks import _StraightThrough
+from impress_lightning.nn import select
 from impress_lightning.nn.select import topk_keep, topk_masked
 
+IMPLEMENTATIONS = {"public": (topk_keep, topk_masked), "torch_ops": (select._torch_topk_keep, select._torch_topk_masked)}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -31,8 +37,10 @@ def score_cases(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> dict[s
     }
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_topk_keep_equals_the_exact_rule(dtype: torch.dtype) -> None:
+def test_topk_keep_equals_the_exact_rule(dtype: torch.dtype, implementation: str) -> None:
+    topk_keep = IMPLEMENTATIONS[implementation][0]
     shapes = [(1,), (7, 13), (61, 97), (20, 3, 3, 3), (200, 200)]  # the last one is selected by histograms
     for shape, name, scores in [(shape, name, scores) for shape in shapes
                                 for name, scores in score_cases(shape, dtype, seed=len(shape)).items()]:
@@ -41,9 +49,11 @@ def test_topk_keep_equals_the_exact_rule(dtype: torch.dtype) -> None:
             assert torch.equal(topk_keep(scores, k), exact_rule(scores, k)), (shape, name, k)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_topk_masked_is_the_float_product_bit_for_bit(dtype: torch.dtype) -> None:
+def test_topk_masked_is_the_float_product_bit_for_bit(dtype: torch.dtype, implementation: str) -> None:
     """The bit-pattern product equals ``weight * mask`` exactly, the zero's sign of a dropped weight included."""
+    topk_masked = IMPLEMENTATIONS[implementation][1]
     int_dtype = {torch.float32: torch.int32, torch.float64: torch.int64}.get(dtype, torch.int16)
     for shape in [(61, 97), (200, 200)]:
         gen = torch.Generator().manual_seed(shape[0])
@@ -56,7 +66,9 @@ def test_topk_masked_is_the_float_product_bit_for_bit(dtype: torch.dtype) -> Non
                     shape, name, k)
 
 
-def test_topk_keep_matches_torch_topk_without_ties() -> None:
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_topk_keep_matches_torch_topk_without_ties(implementation: str) -> None:
+    topk_keep = IMPLEMENTATIONS[implementation][0]
     scores = torch.randn(1024, 784, generator=torch.Generator().manual_seed(3))
     k = 80282
     reference = torch.zeros(scores.numel(), dtype=torch.bool)
@@ -64,14 +76,18 @@ def test_topk_keep_matches_torch_topk_without_ties() -> None:
     assert torch.equal(topk_keep(scores, k).flatten(), reference)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_topk_keep_rejects_non_finite_scores(bad: float, dtype: torch.dtype) -> None:
+def test_topk_keep_rejects_non_finite_scores(bad: float, dtype: torch.dtype, implementation: str) -> None:
+    topk_keep, topk_masked = IMPLEMENTATIONS[implementation]
     for shape in [(50, 40), (200, 200)]:  # selected by kthvalue, by the histogram
         scores = torch.randn(shape).to(dtype)
         scores[3, 7] = bad
         with pytest.raises(ValueError, match="inf or NaN"):
             topk_keep(scores, 10)  # even when the bad entry would not be the boundary
+        with pytest.raises(ValueError, match="inf or NaN"):
+            topk_masked(scores, torch.ones_like(scores), 10)
 
 
 def test_topk_keep_rejects_integer_scores() -> None:

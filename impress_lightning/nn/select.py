@@ -9,12 +9,27 @@ For floats of one sign, the order of the values is the order of their bit patter
 ``|x|`` is the pattern with the sign bit cleared. A histogram (``bincount``) of the top bits of those
 integers over the whole tensor finds the bin holding the k-th largest; ``kthvalue`` among the few entries in
 that bin pins it exactly.
+
+On the CPU, float32 scores go through a compiled kernel instead (``_select_kernel.c``, built by ``pip
+install``): the same radix select in two passes over the layer, with bit-identical results. Without it (no C
+compiler at install time), or for other devices and formats, the torch operations below run;
+:func:`kernel_status` says which, and ``fit`` prints it once.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+_KERNEL_VERSION = 1  # KERNEL_VERSION in _select_kernel.c
+try:
+    from impress_lightning.nn import _select_kernel
+except ImportError as error:  # built optionally: no C compiler at install time
+    _select_kernel, _KERNEL_MISSING = None, f"{type(error).__name__}: {error}"
+else:
+    _KERNEL_MISSING = ""
+    if getattr(_select_kernel, "version", None) != _KERNEL_VERSION:  # an editable install built from older source
+        _select_kernel, _KERNEL_MISSING = None, f"a stale build (version {getattr(_select_kernel, 'version', None)})"
 
 _INT_OF_FLOAT = {torch.float32: (torch.int32, 32), torch.float64: (torch.int64, 64),
                  torch.float16: (torch.int16, 16), torch.bfloat16: (torch.int16, 16)}
@@ -110,25 +125,72 @@ def _keep(bits: Tensor, threshold: int, ties_kept: int | None) -> Tensor:
     return keep
 
 
+def kernel_loaded() -> bool:
+    """Whether CPU float32 selections run through the compiled kernel."""
+    return _select_kernel is not None
+
+
+def kernel_status() -> str:
+    """One line saying how CPU float32 top-k selections run: the compiled kernel, or torch ops and why."""
+    if kernel_loaded():
+        return "top-k selection: compiled CPU kernel (float32 on the CPU; torch ops elsewhere)"
+    return (f"top-k selection: torch ops only; the compiled CPU kernel did not load ({_KERNEL_MISSING}); "
+            "reinstall with a C compiler present for faster mask learning on the CPU")
+
+
+def _kernel_applies(scores: Tensor, k: int, weight: Tensor | None = None) -> bool:
+    if _select_kernel is None or not 0 < k <= scores.numel():
+        return False
+    if scores.device.type != "cpu" or scores.dtype != torch.float32:
+        return False
+    return weight is None or (weight.device.type == "cpu" and weight.dtype == torch.float32
+                              and weight.shape == scores.shape)
+
+
+def _checked(status: int) -> None:
+    if status != 0:  # the kernel's only failure status: a score is infinite or NaN
+        raise ValueError(NON_FINITE)
+
+
 def topk_keep(scores: Tensor, k: int) -> Tensor:
     """Bool mask (shape of ``scores``) of the ``k`` entries of largest ``|score|``, ties lowest index first.
 
     Raises a ValueError when a score is infinite or NaN (a diverged run).
     """
+    if not _kernel_applies(scores, k):
+        return _torch_topk_keep(scores, k)
+    scores = scores.detach().contiguous()
+    keep = torch.empty(scores.shape, dtype=torch.bool)
+    _checked(_select_kernel.keep(scores.data_ptr(), keep.data_ptr(), scores.numel(), k))
+    return keep
+
+
+def topk_masked(scores: Tensor, weight: Tensor, k: int) -> Tensor:
+    """``weight * topk_keep(scores, k)`` (the float product, signed zeros included), in fewer passes."""
+    if not _kernel_applies(scores, k, weight):
+        return _torch_topk_masked(scores, weight, k)
+    scores, weight = scores.detach().contiguous(), weight.detach().contiguous()
+    masked = torch.empty(weight.shape, dtype=weight.dtype)
+    _checked(_select_kernel.masked(scores.data_ptr(), weight.data_ptr(), masked.data_ptr(), scores.numel(), k))
+    return masked
+
+
+def _torch_topk_keep(scores: Tensor, k: int) -> Tensor:
+    """:func:`topk_keep` in torch operations (any device and float format)."""
     if k <= 0:
         _int_view(scores)  # the same TypeError for non-float scores
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     return _keep(*_boundary(scores, k)).view(scores.shape)
 
 
-def topk_masked(scores: Tensor, weight: Tensor, k: int) -> Tensor:
-    """``weight * topk_keep(scores, k)`` (the float product, signed zeros included), in fewer passes.
+def _torch_topk_masked(scores: Tensor, weight: Tensor, k: int) -> Tensor:
+    """:func:`topk_masked` in torch operations (any device and float format).
 
     Where the boundary splits no ties, the comparison is written straight into a float tensor, which the
     weight then multiplies in place: no bool mask, no bool-to-float conversion, no second full-size product.
     """
     if k <= 0 or weight.shape != scores.shape:
-        return weight * topk_keep(scores, k).to(weight.dtype)
+        return weight * _torch_topk_keep(scores, k).to(weight.dtype)
     bits, threshold, ties_kept = _boundary(scores, k)
     if ties_kept is not None:
         return weight * _keep(bits, threshold, ties_kept).view(scores.shape).to(weight.dtype)
