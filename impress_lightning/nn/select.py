@@ -18,13 +18,17 @@ compiler at install time), or for other devices and formats, the torch operation
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import Tensor
 
 _KERNEL_VERSION = 1  # KERNEL_VERSION in _select_kernel.c
 try:
-    from impress_lightning.nn import _select_kernel
-except ImportError as error:  # built optionally: no C compiler at install time
+    _select_kernel = importlib.import_module("impress_lightning.nn._select_kernel")
+except ModuleNotFoundError:  # built optionally: no C compiler at install time
+    _select_kernel, _KERNEL_MISSING = None, "it was not built at install time: no C compiler?"
+except ImportError as error:  # built, but not loadable here (e.g. another platform's build)
     _select_kernel, _KERNEL_MISSING = None, f"{type(error).__name__}: {error}"
 else:
     _KERNEL_MISSING = ""
@@ -134,8 +138,8 @@ def kernel_status() -> str:
     """One line saying how CPU float32 top-k selections run: the compiled kernel, or torch ops and why."""
     if kernel_loaded():
         return "top-k selection: compiled CPU kernel (float32 on the CPU; torch ops elsewhere)"
-    return (f"top-k selection: torch ops only; the compiled CPU kernel did not load ({_KERNEL_MISSING}); "
-            "reinstall with a C compiler present for faster mask learning on the CPU")
+    return (f"top-k selection: torch ops only, the compiled CPU kernel did not load ({_KERNEL_MISSING}); for "
+            "faster mask learning on the CPU, rerun pip install -e . with a C compiler present")
 
 
 def _kernel_applies(scores: Tensor, k: int, weight: Tensor | None = None) -> bool:
