@@ -5,7 +5,8 @@ Run: ``python bench/bench_fit.py --data-dir /tmp/data --run-dir /tmp/bench_fit [
 A RotatedMNIST stream of ``--tasks`` tasks (default 3: two impressions, then one α-combination task), each of
 ``--epochs`` x ``--steps-per-epoch`` training steps (default 5 x 200 = 1,000, batch 128) with a validation pass
 after every epoch and the test evaluation of the tasks the retention callback evaluates after it. Three ways
-of running the same tasks on the same tensors, one after the other, ``--repeats`` times interleaved:
+of running the same tasks on the same tensors, one after the other, ``--repeats`` times interleaved; each
+counts the building of a task's tensors (rotating its images) in that task's time, as ``fit`` does:
 
 - ``dense``: a plain PyTorch loop training a fresh dense network of the same shape per task (Adam), with the
   same validation and test passes: the reference;
@@ -72,15 +73,20 @@ def stream_config(args: argparse.Namespace, impressions: int) -> dict:
     }
 
 
-def task_tensors(args: argparse.Namespace) -> list[dict[str, Split]]:
-    """Normalised train/val/test tensors of every task, exactly as the fit's datamodule builds them."""
+def task_builder(args: argparse.Namespace) -> Callable[[int], dict[str, Split]]:
+    """Builds one task's normalised train/val/test tensors exactly as the fit's datamodule does (rotating the
+    images), from a fresh datamodule: the plain loops call it inside their timed task, as the fit builds each
+    task's tensors inside its own."""
     dm = RotatedMNIST(num_tasks=args.tasks, data_dir=str(args.data_dir), batch_size=args.batch,
                       train_subset=args.batch * args.steps_per_epoch)
-    dm.setup("fit")
+    dm.setup("fit")  # reads the MNIST files once, as the fit does before its first task
     device = torch.device(args.device)
-    return [{split: (dm.collate.normalize(images).to(device), labels.to(device))
-             for split in ("train", "val", "test") for images, labels in [dm.source.tensors(t, split)]}
-            for t in range(args.tasks)]
+
+    def build(task: int) -> dict[str, Split]:
+        return {split: (dm.collate.normalize(images).to(device), labels.to(device))
+                for split in ("train", "val", "test") for images, labels in [dm.source.tensors(task, split)]}
+
+    return build
 
 
 def accuracy(forward: Callable[[Tensor], Tensor], split: Split, batch: int) -> float:
@@ -105,17 +111,21 @@ def plain_task(forward: Callable[[Tensor], Tensor], opt: torch.optim.Optimizer, 
         accuracy(forward, data["val"], 512)
 
 
-def run_plain(kind: str, tasks: list[dict[str, Split]], impressions: int, args: argparse.Namespace) -> list[float]:
-    """Seconds per task of the ``dense`` or ``bare`` plain loop over the whole stream."""
+def run_plain(kind: str, impressions: int, args: argparse.Namespace) -> list[float]:
+    """Seconds per task of the ``dense`` or ``bare`` plain loop over the whole stream, each task's time
+    including the building of its tensors."""
+    build, tasks = task_builder(args), []
     device, shape = torch.device(args.device), (1, 28, 28)
     retention = RetentionEvaluator(old_tasks=0)
     forwards: list[Callable[[Tensor], Tensor]] = []
     net = SupermaskNet(build_backbone(args.network, shape, 10, bank_capacity=impressions, num_tasks=args.tasks,
                                       seed=0)).to(device)
     rule, seconds, sync = TopK(args.density), [], synchronizer(device)
-    for t, data in enumerate(tasks):
+    for t in range(args.tasks):
         sync()
         start = time.perf_counter()
+        data = build(t)
+        tasks.append(data)
         if kind == "dense":
             model = plain_backbone(args.network, shape, 10).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -191,10 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--run-dir {args.run_dir} is not empty: pass a fresh folder")
     torch.set_num_threads(args.threads)
     impressions = args.tasks - 1
-    tasks = task_tensors(args)
     times: dict[str, list[list[float]]] = {"dense": [], "bare": [], "fit": []}
-    ways = {"dense": lambda r: run_plain("dense", tasks, impressions, args),
-            "bare": lambda r: run_plain("bare", tasks, impressions, args),
+    ways = {"dense": lambda r: run_plain("dense", impressions, args),
+            "bare": lambda r: run_plain("bare", impressions, args),
             "fit": lambda r: run_fit_stream(args, impressions, r)}
     for r in range(args.repeats):
         names = list(ways)
