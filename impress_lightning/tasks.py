@@ -72,6 +72,12 @@ class TaskTable(nn.Module):
         self.weight_shapes = [tuple(int(d) for d in s) for s in weight_shapes]
         self.slices = self.rule.layout(self.weight_shapes, max(capacity, 1))
         self.size = max(s.offset + s.numel for s in self.slices)
+        # A layout packs rows of one coefficient per bank slot back to back, so a task's flat vector is its
+        # rows: [size / width, width] (what the penalty reads in one pass).
+        self._row_width = max(capacity, 1)
+        if any(s.shape[-1] != self._row_width for s in self.slices) or self.size % self._row_width:
+            raise ValueError(f"{self.rule!r}.layout must give every layer coefficient rows of {self._row_width} "
+                             "values (one per bank slot), packed back to back")
         self.register_buffer("slots", torch.tensor(list(slots), dtype=torch.long))
         # How many bank masks each task's coefficients cover (the bank size when the task started).
         self.register_buffer("mask_count", torch.zeros(len(slots), dtype=torch.long))
@@ -191,11 +197,10 @@ class TaskTable(nn.Module):
 
     def penalty(self, task: int) -> Tensor:
         """``Σ_rows (‖α_row‖₁ − 1)²`` over every coefficient row of ``task`` (a layer, or one output neuron)."""
-        n = int(self.mask_count[task])
-        flat = self.coefficients[task]
-        unique = {(s.offset, s.shape): s for s in self.slices}.values()
-        rows = [flat[s.offset:s.offset + s.numel].view(-1, s.shape[-1])[:, :n] for s in unique]
-        return sum(((r.abs().sum(dim=1) - 1.0) ** 2).sum() for r in rows)
+        rows = self.coefficients[task].view(-1, self._row_width)[:, : int(self.mask_count[task])]
+        # One reduction over all rows: ~6 autograd nodes instead of ~6 per layer (a measurable share of a
+        # LeNet combination step); the gradient is the same, row by row.
+        return ((rows.abs().sum(dim=1) - 1.0) ** 2).sum()
 
     def kspace_rows(self, count: int, n: int) -> tuple[Tensor, ...]:
         """Per masked layer, the coefficients ``[count, *shape]`` of tasks ``0..count-1`` over the first ``n``
