@@ -98,19 +98,23 @@ class SupermaskNet(nn.Module):
                              f"got {bn_task!r}")
         # The layers read their weights (and the BNs their statistics) from attributes set for this one
         # pass: far cheaper than torch.func.functional_call re-binding every tensor by name, whose cost was
-        # a visible share of a small network's step (docs/benchmarks.md).
+        # a visible share of a small network's step (docs/benchmarks.md). They are plain attributes (never
+        # parameters or buffers), so they are set past nn.Module.__setattr__'s registry checks (~4 µs each).
         try:
             for layer, weight in zip(self.layers, weights):
-                layer.weight_in_use = weight
+                _set_plain(layer, "weight_in_use", weight)
             if use_stats:
                 for bn in self.batchnorms:
-                    bn.stats_in_use = bn.stats_for(bn_task)
+                    _set_plain(bn, "stats_in_use", bn.stats_for(bn_task))
             return self.body(x)
         finally:
             for layer in self.layers:
-                layer.weight_in_use = None
+                _set_plain(layer, "weight_in_use", None)
             for bn in self.batchnorms:
-                bn.stats_in_use = None
+                _set_plain(bn, "stats_in_use", None)
+
+
+_set_plain = object.__setattr__
 
 
 def _selection_token(selection: Selection) -> tuple:
