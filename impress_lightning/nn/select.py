@@ -143,7 +143,7 @@ def kernel_status() -> str:
 
 
 def _kernel_applies(scores: Tensor, k: int, weight: Tensor | None = None) -> bool:
-    if _select_kernel is None or not 0 < k <= scores.numel():
+    if _select_kernel is None or not 0 < k <= scores.numel() < 1 << 32:  # its histograms count in 32 bits
         return False
     if scores.device.type != "cpu" or scores.dtype != torch.float32:
         return False
