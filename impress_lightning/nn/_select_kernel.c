@@ -1,6 +1,6 @@
 /* Exact top-k selection by magnitude for float32 tensors in CPU memory, in two passes over a layer.
  *
- * The rule is the one impress_lightning/nn/select.py documents (and falls back to off the CPU): keep the k
+ * The rule is the one impress_lightning/nn/select.py documents (its torch-op version runs off the CPU): keep the k
  * entries of largest |score|, equal magnitudes at the boundary lowest flat index first. A float32's magnitude
  * orders like its bit pattern with the sign bit cleared, read as an unsigned integer, so a radix select on
  * those integers finds the k-th largest:

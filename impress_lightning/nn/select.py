@@ -13,7 +13,7 @@ that bin pins it exactly.
 On the CPU, float32 scores go through a compiled kernel instead (``_select_kernel.c``, built by ``pip
 install``): the same radix select in two passes over the layer, with bit-identical results. Without it (no C
 compiler at install time), or for other devices and formats, the torch operations below run;
-:func:`kernel_status` says which, and ``fit`` prints it once.
+:func:`kernel_status` says which, and ``fit`` prints it when the kernel is missing.
 """
 
 from __future__ import annotations
