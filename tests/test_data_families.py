@@ -71,6 +71,20 @@ def test_a_90_degree_task_rotates_a_known_image_counter_clockwise() -> None:
     assert rotated.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 12, 17)], ids=["digits", "colour_non_square"])
+def test_rotation_gives_torchvisions_pixels_with_black_corners(shape) -> None:
+    """The per-task covered fraction, interpolated once, gives exactly TF.rotate(uint8, bilinear, fill=0)."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    images = torch.randint(0, 256, (40, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    family = Rotations(36)
+    for task in range(36):
+        rotated, _ = family.apply(images, torch.zeros(40, dtype=torch.int64), task)
+        expected = TF.rotate(images, family.angle(task), interpolation=InterpolationMode.BILINEAR, fill=0)
+        assert torch.equal(rotated, expected), task
+
+
 def test_rotation_keeps_labels_and_task_zero_is_the_identity() -> None:
     images, labels = _images(n=20, h=12, w=12), torch.arange(20)
     family = Rotations(8)

@@ -100,7 +100,13 @@ class Rotations(TaskFamily):
         angle = self.angle(task)
         if angle == 0.0 or len(images) == 0:
             return images, labels
-        chunks = [TF.rotate(chunk, angle, interpolation=InterpolationMode.BILINEAR, fill=0)
+        # The same pixels as TF.rotate(uint8 chunk, fill=0), about 3x faster: that call interpolates a channel
+        # of ones beside every image to find the uncovered corners, then returns round(rotated x covered).
+        # The covered fraction is the same for every image of the task, so it is interpolated once here
+        # (grid_sample weighs each channel alike, so the product is bit-identical; tested against TF.rotate).
+        bilinear = InterpolationMode.BILINEAR
+        covered = TF.rotate(torch.ones((1, 1, *images.shape[-2:]), device=images.device), angle, interpolation=bilinear)
+        chunks = [TF.rotate(chunk.float(), angle, interpolation=bilinear).mul_(covered).round_().to(images.dtype)
                   for chunk in images.split(_ROTATION_CHUNK)]
         return torch.cat(chunks), labels
 
