@@ -32,7 +32,7 @@ def _ids(images: torch.Tensor) -> list[int]:
 
 def _source(**kwargs: object) -> InMemorySource:
     options = dict(splits=_indexed_splits(), family=_Identity(), num_classes=10, val_fraction=0.2,
-                   train_subset=None, seed=0, augmentation=None)
+                   train_subset=None, seed=0, augmentation=None, eval_cache_bytes=1 << 30)
     options.update(kwargs)
     return InMemorySource(**options)  # type: ignore[arg-type]
 

@@ -66,12 +66,12 @@ class InMemorySource:
         train_subset: cap on training examples per task, or None.
         seed: run seed (holdout, augmentation).
         augmentation: per-batch training augmentation used when ``train_dataset(..., augment=True)``.
-        eval_cache_bytes: budget of the cached validation / test tensors (0: none cached).
+        eval_cache_bytes: budget of the cached validation / test tensors (0: none cached); the datamodule's
+            ``eval_cache_mib`` sets it.
     """
 
     def __init__(self, splits: TensorSplits, family: TaskFamily, num_classes: int, val_fraction: float,
-                 train_subset: int | None, seed: int, augmentation: CropFlip | None,
-                 eval_cache_bytes: int = 1 << 30) -> None:
+                 train_subset: int | None, seed: int, augmentation: CropFlip | None, eval_cache_bytes: int) -> None:
         for name, labels in (("train", splits.train_labels), ("test", splits.test_labels)):
             if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
                 raise ValueError(f"{name} labels span {int(labels.min())}..{int(labels.max())}, outside the "
