@@ -25,9 +25,9 @@ from impress_lightning.backbones import build_backbone
 from impress_lightning.config_checks import AlphaStart, check_module_config
 from impress_lightning.distributed import sync_task_statistics
 from impress_lightning.metrics import task_accuracy
-from impress_lightning.nn import select
 from impress_lightning.nn import (
     CombinationRule, Global, LearnMask, MaskRule, PerLayer, PerNeuron, Selection, SupermaskNet, Threshold, TopK,
+    select,
 )
 from impress_lightning.hybrid import HybridHead
 from impress_lightning.inference.objectives import entropy_objective

@@ -70,11 +70,11 @@ class TaskTable(nn.Module):
         self.rule = rule or PerLayer()
         self.capacity = capacity
         self.weight_shapes = [tuple(int(d) for d in s) for s in weight_shapes]
-        self.slices = self.rule.layout(self.weight_shapes, max(capacity, 1))
-        self.size = max(s.offset + s.numel for s in self.slices)
         # A layout packs rows of one coefficient per bank slot back to back, so a task's flat vector is its
         # rows: [size / width, width] (what the penalty reads in one pass).
         self._row_width = max(capacity, 1)
+        self.slices = self.rule.layout(self.weight_shapes, self._row_width)
+        self.size = max(s.offset + s.numel for s in self.slices)
         if any(s.shape[-1] != self._row_width for s in self.slices) or self.size % self._row_width:
             raise ValueError(f"{self.rule!r}.layout must give every layer coefficient rows of {self._row_width} "
                              "values (one per bank slot), packed back to back")
