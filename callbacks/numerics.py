@@ -19,16 +19,21 @@ class NonFiniteError(ArithmeticError):
     """A training loss, mask score or coefficient became NaN or infinite; the message is one line."""
 
 
-def checked_values(loss: torch.Tensor, learned: list[torch.Tensor]) -> torch.Tensor:
-    """``[loss, min and max of every learned tensor]`` as one float32 vector (no host sync): all of it is
-    finite exactly when the loss and every learned entry are.
+def checked_values(losses: torch.Tensor, learned: list[torch.Tensor]) -> torch.Tensor:
+    """``[every loss of the step, the sum of every learned tensor]`` as one float32 vector (no host sync).
 
-    ``aminmax`` propagates NaN, so a tensor's two extremes are finite exactly when every entry is: one
-    vectorised reduction per tensor instead of ``isfinite(values).all()``'s bool tensor of the values' size,
-    on every training step. (A float64 extreme beyond float32's range reads as infinite: diverged either way.)
+    A sum is non-finite when an entry is NaN or infinite, so all of it is finite when the losses and every
+    learned entry are: one vectorised pass per tensor, on every training step. The converse fails only for
+    finite values so large that their sum overflows; :func:`all_finite` then settles it exactly.
     """
-    extremes = [e for v in learned if v.numel() for e in torch.aminmax(v.detach())]
-    return torch.stack([t.to(torch.float32) for t in [loss.detach().reshape(-1)[0], *extremes]])
+    # float32 accumulation at least, so half-precision values do not overflow their own narrow range
+    sums = [v.detach().sum(dtype=None if v.dtype == torch.float64 else torch.float32) for v in learned if v.numel()]
+    return torch.cat([losses.detach().reshape(-1).to(torch.float32), *(t.to(torch.float32).reshape(1) for t in sums)])
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every entry of ``tensors`` is finite (exact, one host sync per tensor)."""
+    return all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
 
 
 class NonFiniteGuard(L.Callback):
@@ -64,29 +69,34 @@ class NonFiniteGuard(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if not torch.is_tensor(loss):
+        losses = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not torch.is_tensor(losses):
             return
         stage = pl_module.current_stage
+        learned = self.learned_values(pl_module, stage)
+        losses = losses.detach().reshape(-1)  # one per optimiser step of the batch (several for a group)
         with torch.no_grad():
-            checked = checked_values(loss, self.learned_values(pl_module, stage))  # one host sync per step
+            checked = checked_values(losses, learned).tolist()  # one host sync per step
+            values = checked[: len(losses)]
+            # Only a suspect step pays for the exact test (a sum of huge finite values can overflow).
+            bad = not all(map(math.isfinite, checked)) and not (all(map(math.isfinite, values)) and all_finite(learned))
             if trainer.world_size > 1:  # every rank must stop at the same step
-                bad = trainer.strategy.reduce((~torch.isfinite(checked)).sum(), reduce_op="sum")
-        value, *extremes = checked.tolist()
-        bad = bool(bad) if trainer.world_size > 1 else not all(map(math.isfinite, [value, *extremes]))
+                bad = bool(trainer.strategy.reduce(torch.tensor(float(bad), device=losses.device), reduce_op="sum"))
         if bad:
-            what = f"training loss {value}" if not math.isfinite(value) else (
+            first = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+            what = f"training loss {values[first]}" if first is not None else (
                 "mask scores" if stage.kind in ("impression", "head") else "coefficients")
+            step = trainer.global_step - len(values) + 1 + (first or len(values) - 1)
             raise NonFiniteError(
-                f"non-finite {what} at {self._where(trainer, stage, batch_idx)}; nothing of task {stage.task} was "
-                f"recorded as learned: lower the learning rate ({_OPTIMIZER_OF[stage.kind]}) and resume from the "
-                f"last finished task's checkpoint (checkpoints/taskNN-*.ckpt) or with --ckpt_path last")
-        self._warn_if_diverging(trainer, stage, batch_idx, value)
+                f"non-finite {what} at {self._where(trainer, stage, batch_idx, step)}; nothing of task {stage.task} "
+                f"was recorded as learned: lower the learning rate ({_OPTIMIZER_OF[stage.kind]}) and resume from "
+                f"the last finished task's checkpoint (checkpoints/taskNN-*.ckpt) or with --ckpt_path last")
+        self._warn_if_diverging(trainer, stage, batch_idx, values[-1])
 
     @staticmethod
-    def _where(trainer: L.Trainer, stage: Any, batch_idx: int) -> str:
+    def _where(trainer: L.Trainer, stage: Any, batch_idx: int, step: int | None = None) -> str:
         return (f"task {stage.task}, stage {stage.index} ({stage.kind}), epoch {trainer.current_epoch}, "
-                f"batch {batch_idx}, step {trainer.global_step}")
+                f"batch {batch_idx}, step {trainer.global_step if step is None else step}")
 
     def _warn_if_diverging(self, trainer: L.Trainer, stage: Any, batch_idx: int, value: float) -> None:
         start = self._start_loss.setdefault(stage.index, value)

@@ -288,36 +288,43 @@ class ImpressLearnModule(L.LightningModule):
         per_epoch = self.trainer.num_training_batches
         if not math.isfinite(per_epoch) or per_epoch < 1:
             return 1.0  # before the stage's loader exists (the scheduler's first call)
-        total = self.current_stage.epochs * int(per_epoch)
+        per_epoch = int(per_epoch)
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "batches_per_step", 1) > 1:  # several optimiser steps to a loader item
+            per_epoch = datamodule.optimizer_steps(per_epoch, len(self.trainer.train_dataloader.sampler))
+        total = self.current_stage.epochs * per_epoch
         return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+    def training_step(self, batch: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]], batch_idx: int) -> Tensor:
+        """One optimiser step on an ``(x, y)`` batch, or one on each batch of a group (the datamodule's
+        ``batches_per_step`` > 1), in order. Returns the detached loss, or the group's losses ``[n]``."""
         stage = self.current_stage
-        logits = self.net(x, self.training_selection(stage), bn_task=stage.task)
-        loss = F.cross_entropy(logits, y)
-        if stage.kind == "combination":
-            loss = loss + self.hparams.alpha_regularization * self.table.penalty(stage.task)
         active = 1 if stage.kind == "combination" else 0  # impression and head stages learn mask scores
         opt, scheduler = self.optimizers()[active], self.lr_schedulers()[active]
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
-        scheduler.step()
-        if self.logger_writes_this_step():
+        selection = self.training_selection(stage)
+        losses = []
+        for x, y in ([batch] if torch.is_tensor(batch[0]) else batch):
+            logits = self.net(x, selection, bn_task=stage.task)
+            loss = F.cross_entropy(logits, y)
+            if stage.kind == "combination":
+                loss = loss + self.hparams.alpha_regularization * self.table.penalty(stage.task)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+            scheduler.step()
+            losses.append(loss.detach())
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses)
+        if self.logger_writes_this_step():  # the group's mean loss, the accuracy of its last batch
             self.train_acc(logits[:, : self.num_classes].detach(), y)
-            self.log_dict({"train/loss": loss.detach(), "train/acc": self.train_acc, "task": float(stage.task)},
+            self.log_dict({"train/loss": loss.mean(), "train/acc": self.train_acc, "task": float(stage.task)},
                           prog_bar=True, on_step=True, on_epoch=False)
-        return loss.detach()
+        return loss
 
     def logger_writes_this_step(self) -> bool:
-        """Whether Lightning writes this training step's logged values (every ``log_every_n_steps``-th batch).
-
-        ``self.log`` on the other steps is thrown away but costs about as much as a LeNet step, so training
-        logs only here. Called after the step's single optimiser step, when ``global_step`` (one optimiser
-        step per batch under this manual optimisation) equals Lightning's count of finished batches + 1."""
-        n = self.trainer.log_every_n_steps
-        return bool(self.trainer.fast_dev_run) or self.trainer.should_stop or (n > 0 and self.global_step % n == 0)
+        """Whether Lightning writes this training step's logged values (every ``log_every_n_steps``-th
+        training batch, Lightning's own rule): ``self.log`` on the other steps is thrown away but costs about as
+        much as a LeNet step, so training logs only here."""
+        return bool(self.trainer.fast_dev_run) or self.trainer._logger_connector.should_update_logs
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -1,4 +1,5 @@
-"""The guard's finiteness check (through aminmax) agrees with isfinite().all() on every float format."""
+"""The guard's finiteness check (sums, confirmed exactly when suspect) agrees with isfinite().all() on every
+float format."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import pytest
 import torch
 
+from impress_lightning.callbacks.numerics import all_finite as exactly_finite
 from impress_lightning.callbacks.numerics import checked_values
 
 
@@ -29,3 +31,15 @@ def test_checked_values_are_finite_exactly_when_everything_is(dtype: torch.dtype
                 broken.view(-1)[position] = bad
                 assert not all_finite(loss, [other, broken]), (shape, bad, position)
     assert all_finite(loss, [torch.empty(0, dtype=dtype)])
+
+
+def test_an_overflowing_sum_is_suspect_and_the_exact_test_clears_it() -> None:
+    huge = torch.full((1000,), 3e38)  # finite float32 values whose sum overflows
+    assert not all_finite(torch.tensor(0.5), [huge])
+    assert exactly_finite([huge]) and not exactly_finite([torch.tensor([1.0, float("nan")])])
+
+
+def test_every_loss_of_a_group_is_checked() -> None:
+    learned = [torch.randn(5)]
+    assert all_finite(torch.tensor([0.1, 0.2, 0.3]), learned)
+    assert not all_finite(torch.tensor([0.1, float("nan"), 0.3]), learned)

@@ -19,11 +19,11 @@ from impress_lightning.data.custom import DatasetTaskSequence
 from impress_lightning.data.datamodule import FAMILIES, TaskSequenceDataModule
 from impress_lightning.data.families import ClassSplit, PermutedPixels, Rotations, TaskFamily
 from impress_lightning.data.providers import PROVIDERS, get_provider
-from impress_lightning.data.tensors import CropFlip, ImageBatch, NormalizeCollate, TaskTensors
+from impress_lightning.data.tensors import CropFlip, GroupCollate, ImageBatch, NormalizeCollate, TaskTensors
 
 __all__ = [
-    "FAMILIES", "PROVIDERS", "ClassSplit", "CropFlip", "DatasetInfo", "DatasetTaskSequence", "EmbeddedDigits", "ImageBatch",
-    "NormalizeCollate", "PermutedMNIST", "PermutedPixels", "Provider", "RotatedMNIST", "Rotations",
-    "SplitCIFAR10", "SplitCIFAR100", "SplitFashionMNIST", "SplitImageNet", "SplitMNIST", "TaskFamily",
+    "FAMILIES", "PROVIDERS", "ClassSplit", "CropFlip", "DatasetInfo", "DatasetTaskSequence", "EmbeddedDigits",
+    "GroupCollate", "ImageBatch", "NormalizeCollate", "PermutedMNIST", "PermutedPixels", "Provider", "RotatedMNIST",
+    "Rotations", "SplitCIFAR10", "SplitCIFAR100", "SplitFashionMNIST", "SplitImageNet", "SplitMNIST", "TaskFamily",
     "TaskSequenceDataModule", "TaskTensors", "TensorSplits", "get_provider",
 ]

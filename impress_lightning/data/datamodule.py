@@ -8,6 +8,7 @@ so a resumed run sees exactly the same batches.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Literal, get_args
 
@@ -21,7 +22,7 @@ from impress_lightning.data.imagenet import FolderSource, count_classes
 from impress_lightning.data.providers import get_provider
 from impress_lightning.data.seeding import PROBE, SHUFFLE, generator
 from impress_lightning.data.sources import InMemorySource
-from impress_lightning.data.tensors import NormalizeCollate
+from impress_lightning.data.tensors import GroupCollate, NormalizeCollate
 
 Family = Literal["permute", "rotate", "split"]
 FAMILIES: tuple[str, ...] = get_args(Family)
@@ -57,6 +58,13 @@ class TaskSequenceDataModule(L.LightningDataModule):
         eval_cache_mib: memory (MiB) for the validation and test tensors of finished tasks, which retention
             evaluation revisits (rotated / permuted once, then kept, least recently used dropped first); 0 keeps
             none and rebuilds each on every visit. Only the in-memory datasets (not ImageFolder) use it.
+        batches_per_step: training batches handed to one Lightning training step, which runs one optimiser
+            step on each, in order: the same batches, augmentation and results as 1, with Lightning's fixed
+            per-step cost (loop, callback hooks, progress bar, batch transfer) paid once per group. It speeds
+            up small networks, whose steps are short (docs/benchmarks.md). Lightning then counts groups:
+            the progress bar, ``log_every_n_steps`` and the logged step, ``limit_train_batches`` and an integer
+            ``val_check_interval`` are in groups; ``global_step``, ``max_steps`` and the learning-rate schedule
+            stay in optimiser steps.
     """
 
     def __init__(self, dataset: str = "digits", family: Family = "rotate",
@@ -64,7 +72,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
                  download: bool = False, batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
                  val_fraction: float = 0.1, train_subset: int | None = None, seed: int = 0,
                  augment: bool | None = None, shuffle_classes: bool = True, pin_memory: bool | None = None,
-                 eval_cache_mib: int = 1024) -> None:
+                 eval_cache_mib: int = 1024, batches_per_step: int = 1) -> None:
         super().__init__()
         self.provider = self._find_provider(dataset)
         info = self.provider.info
@@ -90,6 +98,8 @@ class TaskSequenceDataModule(L.LightningDataModule):
         _check(train_subset is None or train_subset >= 1, f"train_subset={train_subset} must be >= 1 or null")
         _check(seed >= 0, f"seed={seed} must be >= 0")
         _check(eval_cache_mib >= 0, f"eval_cache_mib={eval_cache_mib} must be >= 0 (0 caches nothing)")
+        _check(batches_per_step >= 1, f"batches_per_step={batches_per_step} must be >= 1 (1: one batch per "
+               "training step)")
         _check(not (augment and info.in_memory and info.augmentation is None),
                f"augment=true: dataset={dataset!r} has no training augmentation; leave augment unset")
         _check(not (download and not info.in_memory),
@@ -103,7 +113,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
         self.augment = info.augment_by_default if augment is None else augment
         self.shuffle_classes = shuffle_classes
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.eval_cache_mib = eval_cache_mib
+        self.eval_cache_mib, self.batches_per_step = eval_cache_mib, batches_per_step
         self.collate = NormalizeCollate(info.mean, info.std)
         self._family: TaskFamily | None = None
         self._source: InMemorySource | FolderSource | None = None
@@ -214,17 +224,29 @@ class TaskSequenceDataModule(L.LightningDataModule):
         _check(0 <= task < self._num_tasks, f"task={task} is out of range 0..{self._num_tasks - 1}")
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: RandomSampler | None,
-                workers_seed: torch.Generator) -> DataLoader:
+                workers_seed: torch.Generator, collate: Callable | None = None) -> DataLoader:
         # ``generator`` seeds the worker processes, so the global RNG is never consumed by data loading.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=self.collate,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory, generator=workers_seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                          collate_fn=collate or self.collate, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, generator=workers_seed)
 
     def train_loader(self, task: int, epoch: int) -> DataLoader:
-        """Training loader of ``task`` as seen in ``epoch``: order and augmentation drawn from (seed, task, epoch)."""
+        """Training loader of ``task`` as seen in ``epoch``: order and augmentation drawn from (seed, task, epoch).
+
+        With ``batches_per_step`` > 1 every item is a list of that many ``(x, y)`` batches (the epoch's last may
+        hold fewer): consecutive batches of the same shuffled order, augmented per batch."""
         self._check_task(task)
-        dataset = self.source.train_dataset(task, epoch, self.augment)
+        group = self.batches_per_step
+        dataset = self.source.train_dataset(task, epoch, self.augment, self.batch_size if group > 1 else None)
         sampler = RandomSampler(dataset, generator=generator(self.seed, SHUFFLE, task, epoch))
-        return self._loader(dataset, self.batch_size, sampler, generator(self.seed, SHUFFLE, task, epoch, 1))
+        collate = GroupCollate(self.collate, self.batch_size) if group > 1 else None
+        return self._loader(dataset, self.batch_size * group, sampler, generator(self.seed, SHUFFLE, task, epoch, 1),
+                            collate)
+
+    def optimizer_steps(self, loader_batches: int, examples: int) -> int:
+        """Optimiser steps in the first ``loader_batches`` items of a training loader over ``examples``
+        examples: one per batch of ``batch_size``, ``batches_per_step`` of them to an item."""
+        return min(loader_batches * self.batches_per_step, math.ceil(examples / self.batch_size))
 
     def eval_dataloader(self, task: int, split: Literal["val", "test"] = "test") -> DataLoader:
         """Deterministic loader of ``task``'s "val" or "test" examples (used by the retention evaluator)."""

@@ -120,8 +120,11 @@ class FolderSource:
         remap = {c: j for j, c in enumerate(self.family.classes_of(task))}
         return FolderTask(folder.samples, folder.loader, index, remap, transform, seed)
 
-    def train_dataset(self, task: int, epoch: int, augment: bool) -> FolderTask:
-        """``task``'s training examples (random crops and flips when ``augment``, else evaluation transforms)."""
+    def train_dataset(self, task: int, epoch: int, augment: bool, augment_block: int | None = None) -> FolderTask:
+        """``task``'s training examples (random crops and flips when ``augment``, else evaluation transforms).
+
+        ``augment_block`` is accepted for parity with :class:`InMemorySource` and needs nothing here: every
+        example is augmented under its own seed, however the loader groups them."""
         if not augment:
             return self._task(task, "train", self._eval_tf, None)
         return self._task(task, "train", self._train_tf, derive_seed(self.seed, AUGMENT, task, epoch))

@@ -104,11 +104,13 @@ class InMemorySource:
         cache = self._train_cache if split == "train" else self._eval_cache
         return cache.get((task, split), lambda: self._build(task, split))
 
-    def train_dataset(self, task: int, epoch: int, augment: bool) -> TaskTensors:
-        """``task``'s training examples; augmentation seeded from (seed, task, epoch) when ``augment``."""
+    def train_dataset(self, task: int, epoch: int, augment: bool, augment_block: int | None = None) -> TaskTensors:
+        """``task``'s training examples; augmentation seeded from (seed, task, epoch) when ``augment``, drawn per
+        block of ``augment_block`` examples of a fetch (see :class:`TaskTensors`)."""
         images, labels = self.tensors(task, "train")
         aug = self.augmentation if augment else None
-        return TaskTensors(images, labels, augment=aug, seed=derive_seed(self.seed, AUGMENT, task, epoch))
+        return TaskTensors(images, labels, augment=aug, seed=derive_seed(self.seed, AUGMENT, task, epoch),
+                           augment_block=augment_block)
 
     def eval_dataset(self, task: int, split: Literal["val", "test"]) -> TaskTensors:
         """``task``'s validation or test examples (no augmentation)."""

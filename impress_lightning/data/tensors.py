@@ -61,15 +61,22 @@ class TaskTensors(Dataset):
         labels: int64 labels [N].
         augment: per-batch training augmentation, or None.
         seed: seed of the augmentation (derive it from run seed, task and epoch).
+        augment_block: draw the augmentation separately for every block of this many consecutive examples of
+            a fetched batch, each seeded from its own first index; None draws once per fetched batch. A loader
+            that fetches several optimisation batches at once sets it to the optimisation batch size, so every
+            optimisation batch is augmented exactly as if it had been fetched alone.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, augment: CropFlip | None = None, seed: int = 0) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, augment: CropFlip | None = None, seed: int = 0,
+                 augment_block: int | None = None) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
         self.images, self.labels = images, labels.to(torch.int64)
-        self.augment, self.seed = augment, seed
+        if augment_block is not None and augment_block < 1:
+            raise ValueError(f"augment_block={augment_block} must be >= 1 (or None)")
+        self.augment, self.seed, self.augment_block = augment, seed, augment_block
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -82,7 +89,10 @@ class TaskTensors(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.int64)
         images, labels = self.images.index_select(0, idx), self.labels.index_select(0, idx)
         if self.augment is not None and len(indices) > 0:
-            images = self.augment(images, generator(self.seed, int(idx[0])))
+            block = self.augment_block or len(indices)
+            parts = [self.augment(part, generator(self.seed, int(first)))
+                     for part, first in zip(images.split(block), idx[::block].tolist())]
+            images = parts[0] if len(parts) == 1 else torch.cat(parts)
         return ImageBatch(images, labels)
 
 
@@ -114,3 +124,23 @@ class NormalizeCollate:
         if images.dtype != torch.uint8:
             raise ValueError(f"expected uint8 images, got {images.dtype}")
         return images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)  # in place: one new tensor
+
+
+class GroupCollate:
+    """Collate function of a loader that fetches ``batch_size`` x n examples at once: normalises them in one
+    operation and returns the list of n ``(x, y)`` optimisation batches of ``batch_size`` (the last may be
+    smaller), views of one tensor, in order. The model runs one optimiser step on each.
+
+    Args:
+        collate: the per-batch collate (normalisation) applied to the whole fetch.
+        batch_size: examples per optimisation batch.
+    """
+
+    def __init__(self, collate: NormalizeCollate, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.collate, self.batch_size = collate, batch_size
+
+    def __call__(self, batch: ImageBatch | Sequence[tuple[Any, Any]]) -> list[tuple[Tensor, Tensor]]:
+        images, labels = self.collate(batch)
+        return list(zip(images.split(self.batch_size), labels.split(self.batch_size)))
