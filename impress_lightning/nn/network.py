@@ -33,6 +33,7 @@ class SupermaskNet(nn.Module):
         # Plain lists (not registered again): resolved once here rather than by walking the module tree on
         # every forward. Device moves and state loading act on these same module objects in place.
         self._layers: list[SupermaskLayer] = [m for _, m in masked]
+        self._banks = [m.bank for m in self._layers]  # read by every cached forward's token
         self._batchnorms: list[TaskBatchNorm] = [m for _, m in norms]
         self._cache: OrderedDict[object, tuple[tuple, list[Tensor]]] = OrderedDict()
 
@@ -54,8 +55,10 @@ class SupermaskNet(nn.Module):
         return [layer.effective_weight(selection, i) for i, layer in enumerate(self.layers)]
 
     def _cache_token(self, selection: Selection) -> tuple:
-        weight = self.layers[0].weight
-        banks = (weight.dtype, weight.device, *(layer.bank.version_token() for layer in self.layers))
+        # Built on every cached forward: attributes are read past nn.Module.__getattr__ (~1 µs each), which
+        # made the token a visible share of a small network's evaluation batch.
+        weight = self._layers[0]._buffers["weight"]
+        banks = (weight.dtype, weight.device, *(bank.version_token() for bank in self._banks))
         return (*_selection_token(selection), banks)
 
     def cached_weights(self, key: object, selection: Selection) -> list[Tensor]:
