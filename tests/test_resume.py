@@ -77,13 +77,18 @@ def task_files(run: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_task_resumes_to_the_same_accuracy_matrix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grouping", [(), ("--data.init_args.batches_per_step", "2")],
+                         ids=["one_batch_per_step", "killed_run_grouped"])
+def test_a_run_killed_mid_task_resumes_to_the_same_accuracy_matrix(tmp_path: Path, grouping: tuple[str, ...]) -> None:
+    """The killed run B may run 2 batches per Lightning step (``grouping``): killed inside a group's epoch and
+    resumed, it must still end bit-identical to the uninterrupted run A of one batch per step."""
     pause = {"class_path": "pause_at.PauseAt",
              "init_args": {"epoch": PAUSE_EPOCH, "batch": PAUSE_BATCH, "marker": str(tmp_path / "paused")}}
     full = start_cli(stream_args(tmp_path / "a"), tmp_path / "a.log")
-    killed = start_cli(stream_args(tmp_path / "b", f"--trainer.callbacks+={json.dumps(pause)}"), tmp_path / "b.log")
+    killed = start_cli(stream_args(tmp_path / "b", *grouping, f"--trainer.callbacks+={json.dumps(pause)}"),
+                       tmp_path / "b.log")
     try:
-        check_kill_resume_and_refusal(tmp_path, full, killed)
+        check_kill_resume_and_refusal(tmp_path, full, killed, grouping)
     finally:  # never leave a run behind when an assertion fails
         for process in (full, killed):
             if process.poll() is None:
@@ -91,14 +96,15 @@ def test_a_run_killed_mid_task_resumes_to_the_same_accuracy_matrix(tmp_path: Pat
                 process.wait()
 
 
-def check_kill_resume_and_refusal(tmp_path: Path, full: subprocess.Popen, killed: subprocess.Popen) -> None:
+def check_kill_resume_and_refusal(tmp_path: Path, full: subprocess.Popen, killed: subprocess.Popen,
+                                  b_args: tuple[str, ...] = ()) -> None:
     wait_for(tmp_path / "paused", killed, tmp_path / "b.log")
     run = tmp_path / "b" / "quickstart"
     # Paused inside task 2: tasks 0 and 1 have their checkpoints, last.ckpt holds task 2's first epoch.
     assert [name.split("-acc")[0] for name in task_files(run)] == ["task00-impression", "task01-impression"]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == PAUSE_EPOCH - 1
     before = files(run)
-    second = run_cli(stream_args(tmp_path / "b", "--ckpt_path", "last"))  # B is alive: its directory is taken
+    second = run_cli(stream_args(tmp_path / "b", *b_args, "--ckpt_path", "last"))  # B is alive: its directory is taken
     assert second.returncode == 2 and "Traceback" not in second.stderr
     assert f"run directory {run} is in use by another live run (pid {killed.pid} " in second.stderr.splitlines()[-1]
     assert files(run) == before
@@ -107,7 +113,7 @@ def check_kill_resume_and_refusal(tmp_path: Path, full: subprocess.Popen, killed
     assert len(json.loads((run / "retention.json").read_text())["accuracy_matrix"]) == 2
 
     before = files(run)
-    refused = run_cli(stream_args(tmp_path / "b"))  # a fresh fit on top of the killed run
+    refused = run_cli(stream_args(tmp_path / "b", *b_args))  # a fresh fit on top of the killed run
     last_line = refused.stderr.strip().splitlines()[-1]
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert last_line.startswith(f"error: run directory {run} already holds") and "--ckpt_path last" in last_line
@@ -115,7 +121,7 @@ def check_kill_resume_and_refusal(tmp_path: Path, full: subprocess.Popen, killed
     # The killed B left its lock file, without a live holder: the next run took it over.
     assert f"took over the stale lock of a run that is gone ({{'pid': {killed.pid}," in refused.stdout + refused.stderr
 
-    resumed = run_cli(stream_args(tmp_path / "b", "--ckpt_path", "last"))
+    resumed = run_cli(stream_args(tmp_path / "b", *b_args, "--ckpt_path", "last"))
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
     assert f"Restoring states from the checkpoint path at {run / 'checkpoints' / 'last.ckpt'}" in output
