@@ -35,7 +35,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
                                 and args.device == "cpu" else [])]
             for net in ("fc1024", "lenet_300_100", "gem_resnet18")}
     runs["fit"] = ["bench_fit.py", "--data-dir", str(args.data_dir), "--run-dir", str(out / "fit_runs"),
-                   "--threads", str(args.threads), "--json", str(out / "fit.json"), *repeats]
+                   "--threads", str(args.threads), "--json", str(out / "fit.json"), "--batches-per-step", "8", *repeats]
     runs["inference"] = ["bench_inference.py", "--json", str(out / "inference.json")]
     if args.with_stream:
         runs["stream"] = ["bench_stream.py", "--run-dir", str(out / "stream_run"), "--threads", str(args.threads),
