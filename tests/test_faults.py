@@ -150,6 +150,8 @@ CASES: list[tuple[str, Setup, str]] = [
      "MNIST download into"),
     ("bad-data-setting", on_run(lambda d, t: fit_args(d.root, "--data.init_args.batch_size", "0")),
      "error: batch_size=0 must be >= 1"),
+    ("bad-batches-per-step", on_run(lambda d, t: fit_args(d.root, "--data.init_args.batches_per_step", "0")),
+     "error: batches_per_step=0 must be >= 1 (1: one batch per training step)"),
     # resuming: the checkpoint is read and checked before anything is renamed or written
     ("resume-other-backbone", on_run(lambda d, t: fit_args(d.root, "--model.backbone", "fc1024",
                                                            "--ckpt_path", "last")),
