@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'task kind':<12} {'dense s':>8} {'bare s':>8} {'fit s':>8} {'dense/fit':>10} {'dense/bare':>11} "
           f"{'fit overhead':>13}" + (f" {'grouped s':>10} {'dense/grouped':>14}" if grouped else ""))
     for row in rows:
-        line = (f"{row['kind']:<12} {row['dense_seconds']:>8.1f} {row['bare_seconds']:>8.1f} {row['fit_seconds']:>8.1f} "
-                f"{row['dense_over_fit']:>9.2f}x {row['dense_over_bare']:>10.2f}x {row['fit_overhead_share']:>12.0%}")
+        line = (f"{row['kind']:<12} {row['dense_seconds']:>8.1f} {row['bare_seconds']:>8.1f} "
+                f"{row['fit_seconds']:>8.1f} {row['dense_over_fit']:>9.2f}x {row['dense_over_bare']:>10.2f}x {row['fit_overhead_share']:>12.0%}")
         if grouped:
             line += f" {row['fit_grouped_seconds']:>10.1f} {row['dense_over_fit_grouped']:>13.2f}x"
         verdicts = [f"fit {'ok' if row['meets_target'] else 'MISS'}"] + (

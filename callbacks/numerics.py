@@ -39,8 +39,9 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
 class NonFiniteGuard(L.Callback):
     """After every training step, checks the loss (every loss of a group of batches, see the datamodule's
     ``batches_per_step``) and the values the stage learns (the impression's mask scores, or the combination
-    task's coefficients) and raises :class:`NonFiniteError` at the first NaN or infinity. Raising inside the step means the epoch never ends: the task is not frozen, gets no
-    retention row and no checkpoint, and ``last.ckpt`` stays the last good epoch.
+    task's coefficients) and raises :class:`NonFiniteError` at the first NaN or infinity. Raising inside the
+    step means the epoch never ends: the task is not frozen, gets no retention row and no checkpoint, and
+    ``last.ckpt`` stays the last good epoch.
 
     ``ImpressLearnModule`` adds one when the trainer has none. Under DDP the verdict is summed over the
     processes, so every rank stops at the same step.
