@@ -109,6 +109,17 @@ class WriteAudit(L.Callback):
         Path(self.out, f"writes_rank{trainer.global_rank}.json").write_text(json.dumps(self.writes))
 
 
+class BatchCount(L.Callback):
+    """At the end of training every rank writes its Lightning batches per epoch and its optimiser steps."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        counts = {"batches": int(trainer.num_training_batches), "global_step": trainer.global_step}
+        Path(self.out, f"batches_rank{trainer.global_rank}.json").write_text(json.dumps(counts))
+
+
 def fit(devices: int, model: ImpressLearnModule, data: EmbeddedDigits, run_root: Path, out: Path,
         extra: list[L.Callback]) -> L.Trainer:
     kwargs: dict[str, Any] = {"strategy": "ddp_spawn_find_unused_parameters_true"} if devices > 1 else {}
@@ -174,6 +185,27 @@ def test_two_processes_match_one_process_of_the_same_global_batch(runs: dict[str
         assert torch.allclose(alpha, ref_alpha, rtol=0.0, atol=ALPHA_TOL), (alpha, ref_alpha)
     for bank, ref_bank in zip(final["banks"], ref_final["banks"]):
         assert differing_bits(bank, ref_bank) <= MASK_BIT_TOL * bank.numel() * 8
+
+
+@pytest.mark.slow
+def test_a_grouped_two_process_run_equals_the_ungrouped_one(runs: dict[str, Path], tmp_path: Path) -> None:
+    """``batches_per_step=2`` under DDP: each rank's DistributedSampler shard is grouped in order, so every
+    rank's α, masks and scores, and the accuracy matrix, are those of the ungrouped 2-process run bit for bit."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PL_GLOBAL_SEED", str(SEED))
+        data = make_data(EmbeddedDigits, PER_RANK_BATCH)
+        data.batches_per_step = 2
+        fit(WORLD, make_module(), data, tmp_path / "runs", tmp_path, [BatchCount(str(tmp_path))])
+    for task in range(NUM_TASKS):
+        for rank in range(WORLD):
+            grouped, ungrouped = snapshot(tmp_path, rank, task), snapshot(runs["ddp_out"], rank, task)
+            for key in ("alphas", "banks", "scores"):
+                assert all(torch.equal(a, b) for a, b in zip(grouped[key], ungrouped[key], strict=True)), (task, key)
+    matrices = [json.loads((root / "run" / "retention.json").read_text())["accuracy_matrix"]
+                for root in (tmp_path / "runs", runs["ddp_runs"])]
+    assert matrices[0] == matrices[1]
+    # the groups really formed: Lightning saw 2 of them per epoch on each rank, for 4 optimiser steps
+    assert json.loads((tmp_path / "batches_rank1.json").read_text()) == {"batches": 2, "global_step": 32}
 
 
 @pytest.mark.slow
