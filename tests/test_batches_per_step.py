@@ -43,7 +43,7 @@ def test_a_group_collates_into_the_batches_in_order() -> None:
 
 
 def test_the_grouped_loader_yields_the_same_batches() -> None:
-    def batches(group: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(group: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
         dm = EmbeddedDigits(num_tasks=2, batch_size=BATCH, train_subset=EXAMPLES, batches_per_step=group)
         dm.setup("fit")
         items = list(dm.train_loader(1, 3))

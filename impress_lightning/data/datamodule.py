@@ -237,7 +237,8 @@ class TaskSequenceDataModule(L.LightningDataModule):
         hold fewer): consecutive batches of the same shuffled order, augmented per batch."""
         self._check_task(task)
         group = self.batches_per_step
-        dataset = self.source.train_dataset(task, epoch, self.augment, self.batch_size if group > 1 else None)
+        # Augmentation is drawn per optimisation batch: the same draws whether or not batches are grouped.
+        dataset = self.source.train_dataset(task, epoch, self.augment, self.batch_size)
         sampler = RandomSampler(dataset, generator=generator(self.seed, SHUFFLE, task, epoch))
         collate = GroupCollate(self.collate, self.batch_size) if group > 1 else None
         return self._loader(dataset, self.batch_size * group, sampler, generator(self.seed, SHUFFLE, task, epoch, 1),
